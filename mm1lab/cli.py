@@ -1,0 +1,57 @@
+"""The `mm1lab` command. Each subcommand lives beside the code it drives and registers itself here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from mm1lab.params import format_table, preset_tables
+
+    rows = preset_tables(args.names or None)
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from mm1lab.demo import main as demo_main
+
+    return demo_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="mm1lab", description="MM1-style multimodal LLM workbench")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("presets", help="parameter counts of every preset (counted on the meta device)")
+    p.add_argument("names", nargs="*", help="presets to show (default: all)")
+    p.add_argument("--json", action="store_true", help="print a JSON list, one object per preset")
+    p.set_defaults(func=_presets)
+
+    p = sub.add_parser("demo", help="the main job: build, train, evaluate and probe the tiny model")
+    p.add_argument("--quick", action="store_true", help="a seconds-long check instead of the full demo")
+    p.set_defaults(func=_demo)
+
+    try:
+        from mm1lab.data.cli import add_data_commands
+    except ImportError:   # the data package is optional while it is being built
+        pass
+    else:
+        add_data_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (ValueError, FileNotFoundError) as exc:   # our errors say what to fix; no traceback needed
+        print(f"mm1lab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation: benchmark metrics (captioning, VQA, counting, OCR, POPE, multiple choice) in pure Python."""

@@ -1,0 +1,85 @@
+"""Generation: greedy or nucleus sampling with a KV cache, for a batch of (left-padded) prompts with images.
+
+b - batch, n - prompt length, t - generated tokens, v - vocabulary
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mm1lab.lm import KVCache
+from mm1lab.model import positions_from_mask
+
+
+def left_pad(prompts: list[list[int]], *, pad_id: int) -> tuple[Tensor, Tensor]:
+    """Token lists of different lengths -> (input_ids, attention_mask), padded on the left for generation."""
+    n = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), n), dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        if p:
+            ids[i, n - len(p):] = torch.tensor(p)
+            mask[i, n - len(p):] = True
+    return ids, mask
+
+
+def sample_next(logits: Tensor, *, temperature: float, top_p: float, generator: torch.Generator | None) -> Tensor:
+    """Greedy when temperature == 0; otherwise sample from the top-p nucleus of softmax(logits / T)."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    probs = (logits.float() / temperature).softmax(-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p   # keep the smallest set reaching top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model, input_ids: Tensor, images: Tensor | list | None = None, *, attention_mask: Tensor | None = None,
+             max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
+             stop_tokens: list[int] | None = None, generator: torch.Generator | None = None,
+             return_logits: bool = False):
+    """Generate up to `max_new_tokens` after each prompt; returns the new tokens (b, t), `pad` after a stop.
+
+    input_ids: (b, n) prompts, left-padded when their lengths differ (see `left_pad`), with `attention_mask`.
+    stop_tokens: ids that end a sequence (default: eos); the stop token itself is kept in the output.
+    return_logits: also return the logits (b, t, v) each token was chosen from.
+    """
+    cfg = model.cfg
+    b, n = input_ids.shape
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+    attention_mask = attention_mask.bool()
+    if not bool((attention_mask[:, 1:] >= attention_mask[:, :-1]).all()):
+        raise ValueError("generate() needs left-padded prompts (padding before the text); use mm1lab.generate.left_pad")
+    max_new_tokens = min(max_new_tokens, cfg.lm.max_seq_len - n)
+    if max_new_tokens <= 0:
+        raise ValueError(f"prompt of {n} tokens leaves no room in the context (lm.max_seq_len={cfg.lm.max_seq_len})")
+    stops = torch.tensor(stop_tokens if stop_tokens is not None else [cfg.eos_token_id], device=input_ids.device)
+    param = next(model.parameters())
+    cache = KVCache(cfg.lm, batch=b, max_len=n + max_new_tokens, device=param.device, dtype=param.dtype)
+    # Never emit an image placeholder or padding: they are not text.
+    banned = torch.tensor([cfg.image_token_id, cfg.pad_token_id], device=input_ids.device)
+
+    out = model(input_ids, images, attention_mask=attention_mask, cache=cache, logits_to_keep=1)
+    positions = positions_from_mask(attention_mask, input_ids)[:, -1]
+    done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+    tokens, scores = [], []
+    for step in range(max_new_tokens):
+        logits = out.logits[:, -1].float()
+        scores.append(logits)
+        logits = logits.index_fill(-1, banned, float("-inf"))
+        nxt = sample_next(logits, temperature=temperature, top_p=top_p, generator=generator)
+        nxt = nxt.masked_fill(done, cfg.pad_token_id)
+        tokens.append(nxt)
+        done |= torch.isin(nxt, stops)
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        attention_mask = torch.cat([attention_mask, torch.ones(b, 1, dtype=torch.bool, device=done.device)], 1)
+        positions = positions + 1
+        out = model(nxt[:, None], attention_mask=attention_mask, position_ids=positions[:, None], cache=cache)
+    new = torch.stack(tokens, 1)
+    return (new, torch.stack(scores, 1)) if return_logits else new

@@ -1,0 +1,195 @@
+"""The MM1 model: image encoder -> connector -> decoder LM, with images placed inside the text sequence.
+
+b - batch, n - sequence, N - images in the batch, k - LM tokens per image, d - LM width, v - vocabulary
+
+Each image fills k = `cfg.image_tokens` consecutive placeholder tokens (`cfg.image_token_id`) in `input_ids`;
+the collator (`mm1lab.data`) expands one `<image>` marker into those k ids. All images of a batch are encoded
+in one batched call and scattered into the placeholder positions in reading order (sample 0 first, left to
+right), so samples may hold different numbers of images, including none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from mm1lab.config import MM1Config
+from mm1lab.connectors import ConnectorInfo, build_connector
+from mm1lab.lm import DecoderLM, KVCache
+from mm1lab.moe import RouterInfo
+from mm1lab.vision import VisionEncoder, VisionOutput
+
+IGNORE = -100   # label value that takes no loss (the PyTorch / HF convention)
+PARTS = ("vision", "connector", "lm")
+
+
+def _init_weights(module: nn.Module) -> None:
+    """GPT/Llama-style init: N(0, 0.02) for linear and embedding weights, zero biases (the PyTorch default of
+    N(0, 1) embeddings would make tied-head logits huge at step 0). Norms and conv layers keep their defaults."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if getattr(module, "bias", None) is not None:
+            nn.init.zeros_(module.bias)
+
+
+@dataclass
+class MM1Output:
+    """loss: total (cross-entropy + MoE auxiliary losses); logits (b, n, v); aux: named scalar losses;
+    sample_loss: (b,) mean cross-entropy per sample (for per-stream logging). Probing fields are filled only
+    on request: lm_attentions per layer (b, h, n, s), vision (encoder output with attentions), connector info,
+    and routers (one RouterInfo per MoE layer, always present for MoE models)."""
+
+    logits: Tensor
+    loss: Tensor | None = None
+    aux: dict[str, Tensor] = field(default_factory=dict)
+    sample_loss: Tensor | None = None
+    lm_attentions: list[Tensor] | None = None
+    vision: VisionOutput | None = None
+    connector: ConnectorInfo | None = None
+    routers: list[RouterInfo] = field(default_factory=list)
+
+
+class MM1Model(nn.Module):
+    """MM1: `model(input_ids, images=..., labels=...)` -> MM1Output; `model.generate(...)` -> new token ids."""
+
+    def __init__(self, cfg: MM1Config):
+        super().__init__()
+        self.cfg = cfg
+        self.vision = VisionEncoder(cfg.vision)
+        self.connector = build_connector(cfg.connector, d_vision=cfg.vision.width, d_lm=cfg.lm.width,
+                                         grid=cfg.vision.grid_size)
+        self.lm = DecoderLM(cfg.lm)
+        # Connectors keep their own init (e.g. the D-Abstractor starts its offsets at zero).
+        self.vision.apply(_init_weights)
+        self.lm.apply(_init_weights)
+
+    # ---- parts -----------------------------------------------------------------------------------------
+    def freeze(self, **parts: bool) -> MM1Model:
+        """`model.freeze(vision=True, connector=False)`: switch gradients off (True) or on (False) per part."""
+        for name, frozen in parts.items():
+            if name not in PARTS:
+                raise ValueError(f"unknown part {name!r}; parts are {', '.join(PARTS)}")
+            getattr(self, name).requires_grad_(not frozen)
+        return self
+
+    def encode_images(self, images: Tensor, *, return_info: bool = False):
+        """(N, c, H, W) pixels -> (N, k, d) LM-space image tokens (plus encoder/connector intermediates)."""
+        vis = self.vision(images, return_attention=return_info)
+        if not return_info:
+            return self.connector(vis.features)
+        tokens, info = self.connector(vis.features, return_info=True)
+        return tokens, vis, info
+
+    def embed(self, input_ids: Tensor, image_tokens: Tensor | None) -> Tensor:
+        """Text embeddings with each image's k tokens written over its k placeholders, in reading order."""
+        embeds = self.lm.embed(input_ids)
+        if image_tokens is None:
+            return embeds
+        slots = input_ids == self.cfg.image_token_id
+        return embeds.masked_scatter(slots[..., None], image_tokens.to(embeds.dtype))
+
+    # ---- forward ---------------------------------------------------------------------------------------
+    def forward(self, input_ids: Tensor, images: Tensor | list | None = None, *, labels: Tensor | None = None,
+                loss_mask: Tensor | None = None, attention_mask: Tensor | None = None,
+                position_ids: Tensor | None = None, cache: KVCache | None = None, logits_to_keep: int = 0,
+                return_attention: bool = False) -> MM1Output:
+        """Logits for `input_ids` (b, n), with `images` (N, c, H, W) filling the placeholders.
+
+        labels: (b, n) targets, not shifted (the model shifts); IGNORE (-100), image placeholders and padding
+            take no loss. loss_mask: optional (b, n) bool, True where a token is trained (SFT: assistant turns).
+        attention_mask: (b, past + n) bool over cached and new positions, False on padding.
+        return_attention: also return attention maps,
+            encoder and connector intermediates (slower: attention is materialised).
+        """
+        images = self._check_inputs(input_ids, images, past=cache.length if cache is not None else 0)
+        out = MM1Output(logits=input_ids.new_empty(0))
+        image_tokens = None
+        if images is not None:
+            if return_attention:
+                image_tokens, out.vision, out.connector = self.encode_images(images, return_info=True)
+            else:
+                image_tokens = self.encode_images(images)
+            image_tokens = rearrange(image_tokens, 'N k d -> (N k) d')
+        embeds = self.embed(input_ids, image_tokens)
+        past, n = (cache.length if cache is not None else 0), input_ids.shape[1]
+        key_mask = attention_mask.bool() if attention_mask is not None else None
+        if key_mask is not None and key_mask.shape[1] != past + n:
+            raise ValueError(f"attention_mask covers {key_mask.shape[1]} positions; with {past} cached and {n} new "
+                             f"tokens it must cover {past + n}")
+        if position_ids is None:
+            position_ids = positions_from_mask(key_mask, input_ids, past=past)
+        lm_out = self.lm(embeds, position_ids, cache=cache, key_mask=key_mask, logits_to_keep=logits_to_keep,
+                         return_attention=return_attention)
+        out.logits, out.lm_attentions, out.routers = lm_out.logits, lm_out.attentions, lm_out.routers
+        if labels is not None:
+            self._loss(out, input_ids, labels, loss_mask, None if key_mask is None else key_mask[:, past:])
+        return out
+
+    def _loss(self, out: MM1Output, input_ids, labels, loss_mask, attention_mask) -> None:
+        labels = labels.masked_fill(input_ids == self.cfg.image_token_id, IGNORE)
+        if loss_mask is not None:
+            labels = labels.masked_fill(~loss_mask.bool(), IGNORE)
+        if attention_mask is not None:
+            labels = labels.masked_fill(~attention_mask.bool(), IGNORE)
+        targets = labels[:, 1:]
+        token_loss = F.cross_entropy(rearrange(out.logits[:, :-1].float(), 'b n v -> b v n'), targets,
+                                     ignore_index=IGNORE, reduction="none")
+        counted = (targets != IGNORE).float()
+        ce = token_loss.sum() / counted.sum().clamp(min=1)
+        out.sample_loss = token_loss.sum(1) / counted.sum(1).clamp(min=1)
+        out.aux["ce"] = ce
+        total = ce
+        moe = self.cfg.lm.moe
+        if out.routers:
+            out.aux["moe_balance"] = torch.stack([r.balance_loss for r in out.routers]).mean()
+            out.aux["moe_z"] = torch.stack([r.z_loss for r in out.routers]).mean()
+            total = total + moe.balance_coef * out.aux["moe_balance"] + moe.z_coef * out.aux["moe_z"]
+        out.loss = total
+
+    def _check_inputs(self, input_ids: Tensor, images, *, past: int) -> Tensor | None:
+        """Validate shapes and placeholder counts; returns the images as one (N, c, H, W) tensor or None."""
+        cfg, k = self.cfg, self.cfg.image_tokens
+        if input_ids.dim() != 2 or input_ids.dtype != torch.long:
+            raise ValueError(f"input_ids must be a (batch, sequence) long tensor, got {tuple(input_ids.shape)} "
+                             f"{input_ids.dtype}")
+        if past + input_ids.shape[1] > cfg.lm.max_seq_len:
+            raise ValueError(f"sequence of {past + input_ids.shape[1]} tokens is longer than the context "
+                             f"(lm.max_seq_len={cfg.lm.max_seq_len}); truncate it or raise max_seq_len")
+        per_sample = (input_ids == cfg.image_token_id).sum(1)
+        if isinstance(images, (list, tuple)):
+            counts = [0 if x is None else len(x) for x in images]
+            for i, (n_img, n_slot) in enumerate(zip(counts, per_sample.tolist())):
+                if n_slot != n_img * k:
+                    raise ValueError(f"sample {i}: {n_slot} image placeholder tokens (id {cfg.image_token_id}) but "
+                                     f"{n_img} image(s) x {k} tokens = {n_img * k} expected; each image needs "
+                                     f"{k} consecutive placeholders (the collator expands one <image> marker)")
+            kept = [x for x in images if x is not None and len(x)]
+            images = torch.cat(kept) if kept else None
+        n_images = 0 if images is None else images.shape[0]
+        total = int(per_sample.sum())
+        if total != n_images * k:
+            raise ValueError(f"input_ids hold {total} image placeholder tokens (id {cfg.image_token_id}) but "
+                             f"{n_images} image(s) x {k} tokens = {n_images * k} were expected; each image needs "
+                             f"{k} consecutive placeholders (the collator expands one <image> marker)")
+        return images
+
+    # ---- generation ------------------------------------------------------------------------------------
+    def generate(self, input_ids: Tensor, images: Tensor | list | None = None, **kwargs):
+        """New tokens after each prompt; see `mm1lab.generate.generate` for the arguments."""
+        from mm1lab.generate import generate
+        return generate(self, input_ids, images, **kwargs)
+
+
+def positions_from_mask(attention_mask: Tensor | None, input_ids: Tensor, *, past: int = 0) -> Tensor:
+    """Position ids of the new tokens, counted over real tokens only (left-padded prompts start at 0).
+
+    attention_mask covers cached + new positions (b, past + n); without it positions run past .. past + n - 1.
+    """
+    b, n = input_ids.shape
+    if attention_mask is None:
+        return torch.arange(past, past + n, device=input_ids.device).expand(b, n)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -n:]
