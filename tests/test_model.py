@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from mm1lab import MM1Model
 from mm1lab.config import CONNECTORS, ConfigError
 from mm1lab.generate import left_pad
-
-from conftest import tiny_config
 
 IMG = 3  # image placeholder id
 

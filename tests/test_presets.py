@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from mm1lab.params import parameter_table, preset_tables
 from mm1lab import MM1Config
+from mm1lab.params import parameter_table, preset_tables
 
 # (preset, part, expected parameters): ViT-L/14 ~304M, ViT-H/14 ~632M, LMs 1.2B/3B/7B/30B, MoE totals.
 PAPER = [
