@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_data_commands(sub)
+
+    from mm1lab.runner import add_runner_commands
+
+    add_runner_commands(sub)
     return parser
 
 

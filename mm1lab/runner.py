@@ -1,0 +1,352 @@
+"""Run a notebook headless with papermill and keep everything it produced: `mm1lab run` and `mm1lab sweep`.
+
+One run = one folder `papermill_runs/<YYYYmmdd-HHMMSS-ffffff>-<name>/` holding
+
+    <notebook>.ipynb   the executed notebook (partial, up to the failing cell, if the run failed)
+    parameters.yaml    the parameters it ran with (feed it back with `-f` to repeat the run)
+    status.json        {status, error, failed_cell, started, finished, duration_s}
+    metrics.json, *.png  whatever the notebook writes into `RUN_DIR`
+
+plus one JSON line in `papermill_runs/index.jsonl`. Notebooks learn their folder from the injected parameter
+`RUN_DIR`. Sweeps (a grid of runs and their aggregated table and plot) live in `mm1lab/sweep.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_KERNEL = "mm1lab"   # registered for the venv by `make setup` (ipykernel install --sys-prefix)
+INDEX_NAME = "index.jsonl"
+# Parameters the runner sets itself; never reported as "not declared".
+RUNNER_PARAMETERS = ("RUN_DIR",)
+
+
+@dataclass
+class RunResult:
+    """What one notebook run produced. `folder` holds the executed notebook, parameters, status and outputs."""
+
+    name: str
+    folder: Path
+    status: str                     # "ok" or "failed"
+    error: str | None
+    parameters: dict[str, Any]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    failed_cell: int | None = None  # 0-based index of the failing cell in the source notebook
+    notebook: Path | None = None    # the executed (or partial) notebook
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def _say(message: str) -> None:
+    """Runner messages go to stderr so they never mix with what a notebook prints."""
+    print(f"mm1lab: {message}", file=sys.stderr, flush=True)
+
+
+def slug(text: str) -> str:
+    """A folder-safe version of `text` ('lr=0.001,connector=c-abstractor' stays readable)."""
+    return re.sub(r"[^A-Za-z0-9._=,+-]+", "_", text).strip("_") or "run"
+
+
+def parameters_cell(nb) -> int:
+    """Index of the one cell tagged `parameters`; ValueError if there is none."""
+    tagged = [i for i, cell in enumerate(nb.cells) if "parameters" in cell.get("metadata", {}).get("tags", [])]
+    if not tagged:
+        raise ValueError("no cell is tagged `parameters`; in JupyterLab open the property inspector (gear icon) "
+                         "on the cell holding SMOKE = ... and add the tag `parameters`")
+    if len(tagged) > 1:
+        _say(f"{len(tagged)} cells are tagged `parameters` (cells {tagged}); papermill injects after the first")
+    return tagged[0]
+
+
+def check_notebook(notebook: str | Path, parameters: dict[str, Any]) -> None:
+    """Fail clearly if `notebook` is missing or has no parameters cell; warn about undeclared parameters."""
+    import nbformat
+    import papermill
+
+    path = Path(notebook)
+    if not path.is_file():
+        raise FileNotFoundError(f"notebook {str(path)!r} does not exist")
+    parameters_cell(nbformat.read(path, as_version=4))
+    declared = set(papermill.inspect_notebook(str(path)))
+    unknown = sorted(set(parameters) - declared - set(RUNNER_PARAMETERS))
+    if unknown:
+        # A warning, not an error: a notebook may read extra names on purpose, but usually this is a typo.
+        _say(f"warning: {path.name} does not declare {', '.join(unknown)} in its parameters cell "
+             f"(declared: {', '.join(sorted(declared)) or 'nothing'}); they are injected anyway")
+
+
+def resolve_kernel(kernel: str) -> str:
+    """`kernel` if it is registered, else the default Python kernel, saying why and which interpreter it uses."""
+    from jupyter_client.kernelspec import NATIVE_KERNEL_NAME, KernelSpecManager, NoSuchKernel
+
+    specs = KernelSpecManager()
+    try:
+        specs.get_kernel_spec(kernel)
+        return kernel
+    except NoSuchKernel:
+        # "python3": jupyter_client serves it from this interpreter when ipykernel is installed and none is registered.
+        python = specs.get_kernel_spec(NATIVE_KERNEL_NAME).argv[0]
+        python = sys.executable if "/" not in python else python   # a bare "python" means this interpreter
+        _say(f"kernel {kernel!r} is not registered, so notebooks may not run on the venv's interpreter; "
+             f"falling back to {NATIVE_KERNEL_NAME!r} ({python}). Register it with `make setup` or "
+             f"`{sys.executable} -m ipykernel install --sys-prefix --name {kernel}`")
+        return NATIVE_KERNEL_NAME
+
+
+def _new_folder(out_root: Path, name: str) -> Path:
+    """`out_root/<timestamp>-<name>/`, created; microseconds keep concurrent runs apart, a suffix does the rest."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    for attempt in range(100):
+        folder = out_root / f"{stamp}-{slug(name)}{f'-{attempt}' if attempt else ''}"
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a fresh run folder under {out_root}")
+
+
+def append_index(index: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line with a single write + fsync, so concurrent runs never interleave their lines."""
+    line = (json.dumps(record, default=str) + "\n").encode()
+    fd = os.open(index, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_index(index: str | Path = "papermill_runs/index.jsonl") -> list[dict[str, Any]]:
+    """Every record in a run index, oldest first."""
+    path = Path(index)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _dump_parameters(parameters: dict[str, Any]) -> str:
+    try:
+        return yaml.safe_dump(parameters, sort_keys=False)
+    except yaml.representer.RepresenterError as exc:
+        bad = {k: type(v).__name__ for k, v in parameters.items() if not isinstance(v, (str, int, float, bool, list,
+                                                                                        dict, type(None)))}
+        raise ValueError(f"parameters must be plain values (str, int, float, bool, None, list, dict); got {bad}") \
+            from exc
+
+
+def run_notebook(
+    notebook: str | Path,
+    parameters: dict[str, Any] | None = None,
+    *,
+    out_root: str | Path = "papermill_runs",
+    name: str | None = None,
+    kernel: str = DEFAULT_KERNEL,
+    smoke: bool | None = None,
+    folder: str | Path | None = None,
+    progress: bool = False,
+    extra_index: dict | None = None,
+) -> RunResult:
+    """Execute `notebook` with papermill into a fresh run folder and record it in `out_root/index.jsonl`.
+
+    Args:
+        parameters: injected after the `parameters` cell (plus `RUN_DIR`, the run folder).
+        name: the run's name (default: the notebook's stem); it ends the folder name.
+        smoke: if not None, sets the `SMOKE` parameter.
+        folder: an exact run folder instead of `out_root/<timestamp>-<name>/` (sweeps use this).
+        progress: show papermill's per-cell progress bar.
+        extra_index: more fields for the index line (a sweep records which sweep a run belongs to).
+    A failing cell does not raise: the result (and status.json, and the index) says "failed" and where.
+    Ctrl-C is recorded as a failed run, then re-raised.
+    """
+    from papermill.exceptions import PapermillExecutionError
+
+    notebook, out_root = Path(notebook), Path(out_root)
+    parameters = dict(parameters or {})
+    if smoke is not None:
+        parameters["SMOKE"] = smoke
+    check_notebook(notebook, parameters)
+    text = _dump_parameters(parameters)
+    kernel = resolve_kernel(kernel)
+    name = name or notebook.stem
+
+    if folder is None:
+        folder = _new_folder(out_root, name)
+    else:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=False)   # never mix two runs' files
+    folder = folder.resolve()
+    (folder / "parameters.yaml").write_text(text)   # without RUN_DIR, so `-f parameters.yaml` repeats the run
+    executed = folder / notebook.name
+
+    started, t0 = dt.datetime.now(), time.perf_counter()
+    status, error, failed_cell, trace, interrupted = "ok", None, None, None, False
+    try:
+        import papermill
+
+        papermill.execute_notebook(
+            str(notebook), str(executed), parameters={**parameters, "RUN_DIR": str(folder)}, kernel_name=kernel,
+            # Run where the notebook lives, as JupyterLab does, so its relative paths mean the same thing.
+            cwd=str(notebook.resolve().parent), progress_bar=progress, log_output=False)
+    except PapermillExecutionError as exc:
+        # papermill has already saved the partial notebook (outputs up to and including the failing cell).
+        status, failed_cell = "failed", _failing_cell(executed, exc.cell_index)
+        error = f"{exc.ename}: {exc.evalue} (cell index {failed_cell} of {notebook.name}, In [{exc.exec_count}])"
+        trace = _strip_ansi("\n".join(exc.traceback))
+    except Exception as exc:   # the kernel did not start or died: still a recorded, failed run
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+    except KeyboardInterrupt:   # record it, so the folder is not left without a status, then stop
+        status, error, interrupted = "failed", "KeyboardInterrupt: stopped by the user", True
+    duration = round(time.perf_counter() - t0, 3)
+
+    metrics = _read_metrics(folder)
+    (folder / "status.json").write_text(json.dumps(dict(
+        status=status, error=error, failed_cell=failed_cell, traceback=trace, started=started.isoformat(),
+        finished=dt.datetime.now().isoformat(), duration_s=duration, kernel=kernel), indent=2) + "\n")
+    out_root.mkdir(parents=True, exist_ok=True)
+    append_index(out_root / INDEX_NAME, dict(
+        name=name, notebook=str(notebook), parameters=parameters, status=status, error=error,
+        folder=_relative(folder, out_root), started=started.isoformat(timespec="seconds"), duration_s=duration,
+        metrics=metrics, **(extra_index or {})))
+
+    if status == "failed":
+        where = executed if executed.exists() else folder
+        _say(f"run {name!r} FAILED: {error}\n  partial notebook: {where}\n  status: {folder / 'status.json'}")
+    if interrupted:
+        raise KeyboardInterrupt
+    return RunResult(name=name, folder=folder, status=status, error=error, parameters=parameters,
+                     metrics=metrics, failed_cell=failed_cell, notebook=executed if executed.exists() else None)
+
+
+def _failing_cell(executed: Path, fallback: int) -> int:
+    """Index of the failing cell in the *source* notebook, the one the user edits.
+
+    papermill's own index counts its injected-parameters cell, and the saved notebook also has its error banners.
+    """
+    import nbformat
+
+    try:
+        cells = nbformat.read(executed, as_version=4).cells
+    except Exception:   # no partial notebook to look at: papermill's index is the best there is
+        return fallback
+    papermill_tags = {"injected-parameters", "papermill-error-cell-tag"}
+    source_cells = [c for c in cells if not papermill_tags & set(c.metadata.get("tags", []))]
+    for i, cell in enumerate(source_cells):
+        if any(out.get("output_type") == "error" for out in cell.get("outputs", [])):
+            return i
+    return fallback
+
+
+def _read_metrics(folder: Path) -> dict[str, Any]:
+    path = folder / "metrics.json"
+    if not path.exists():
+        return {}
+    try:
+        metrics = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        _say(f"warning: {path} is not valid JSON ({exc}); metrics ignored")
+        return {}
+    return metrics if isinstance(metrics, dict) else {"value": metrics}
+
+
+def _strip_ansi(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def _relative(folder: Path, root: Path) -> str:
+    """`folder` relative to the index's folder when it lies inside it, so the index survives a move."""
+    try:
+        return str(folder.relative_to(root.resolve()))
+    except ValueError:
+        return str(folder)
+
+
+# ---------------------------------------------------------------------------------------------- parameters in
+def parse_value(text: str) -> Any:
+    """A `-p` value as a YAML scalar: '100' -> 100, 'true' -> True, '1e-3' -> 0.001, 'abc' -> 'abc'."""
+    value = yaml.safe_load(text)
+    # YAML 1.1 reads '1e-3' as a string (it wants '1.0e-3'); a researcher means a float.
+    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value):
+        return float(value)
+    return value
+
+
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def load_parameters(files: list[str] | None, pairs: list[list[str]] | None, *, smoke: bool = False) -> dict:
+    """Merge `-f` YAML files in order, then `-p key value` pairs (which win), then `--smoke`."""
+    parameters: dict[str, Any] = {}
+    for file in files or []:
+        path = Path(file)
+        if not path.is_file():
+            raise FileNotFoundError(f"parameter file {file!r} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{file}: expected a mapping `name: value` per line, got a {type(loaded).__name__}")
+        parameters.update(loaded)
+    for key, value in pairs or []:
+        parameters[key] = parse_value(value)
+    if smoke:
+        parameters["SMOKE"] = True
+    return parameters
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("notebook", help="the .ipynb to execute (it needs a cell tagged `parameters`)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"), dest="pairs",
+                   help="set a parameter; VALUE is read as YAML (100 -> int, true -> bool); repeatable")
+    p.add_argument("-f", "--file", action="append", dest="files", metavar="PARAMS.yaml",
+                   help="parameters from a YAML mapping; -p wins over it; repeatable")
+    p.add_argument("--smoke", action="store_true", help="shorthand for -p SMOKE true")
+    p.add_argument("--name", help="run name, the end of the folder name (default: the notebook's name)")
+    p.add_argument("--out", default="papermill_runs", help="where run folders and index.jsonl go")
+    p.add_argument("--kernel", default=DEFAULT_KERNEL, help="Jupyter kernel (default: %(default)s, the venv's)")
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    parameters = load_parameters(args.files, args.pairs, smoke=args.smoke)
+    result = run_notebook(args.notebook, parameters, out_root=args.out, name=args.name, kernel=args.kernel,
+                          progress=sys.stderr.isatty())
+    if result.ok:
+        print(f"ok: {result.folder}")
+        for key, value in result.metrics.items():
+            print(f"  {key}: {value}")
+    return 0 if result.ok else 1
+
+
+def _sweep_command(args: argparse.Namespace) -> int:
+    from mm1lab.sweep import load_grid, sweep
+
+    grid, base = load_grid(args.grid)
+    base.update(load_parameters(args.files, args.pairs, smoke=args.smoke))
+    result = sweep(args.notebook, grid, base_parameters=base, out_root=args.out, name=args.name, kernel=args.kernel)
+    failed = [run for run in result.runs if not run.ok]
+    print(f"{len(result.runs) - len(failed)}/{len(result.runs)} runs ok: {result.folder}")
+    print(f"  table: {result.folder / 'sweep.md'}\n  plot: {result.folder / 'sweep.png'}")
+    return 1 if failed else 0
+
+
+def add_runner_commands(subparsers) -> None:
+    """Register `mm1lab run` and `mm1lab sweep` on the CLI's subparsers."""
+    p = subparsers.add_parser("run", help="execute a notebook with papermill into papermill_runs/")
+    _add_common(p)
+    p.set_defaults(func=_run_command)
+
+    p = subparsers.add_parser("sweep", help="run a notebook over a grid of parameters; table + plot")
+    _add_common(p)
+    p.add_argument("--grid", required=True, metavar="GRID.yaml",
+                   help="YAML `{key: [v1, v2], ...}` plus optional `base: {key: value}`")
+    p.set_defaults(func=_sweep_command)
