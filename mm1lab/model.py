@@ -177,6 +177,18 @@ class MM1Model(nn.Module):
                              f"{k} consecutive placeholders (the collator expands one <image> marker)")
         return images
 
+    # ---- HF-style folders (config.json + model.safetensors + tokenizer files) --------------------------
+    def save_pretrained(self, folder, *, tokenizer=None) -> None:
+        """Write an HF-style folder atomically; see `mm1lab.pretrained.save_pretrained`."""
+        from mm1lab.pretrained import save_pretrained
+        save_pretrained(self, folder, tokenizer=tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, folder, **kwargs) -> MM1Model:
+        """Load a folder written by `save_pretrained` (safetensors only, never pickle)."""
+        from mm1lab.pretrained import from_pretrained
+        return from_pretrained(folder, **kwargs)
+
     # ---- generation ------------------------------------------------------------------------------------
     def generate(self, input_ids: Tensor, images: Tensor | list | None = None, **kwargs):
         """New tokens after each prompt; see `mm1lab.generate.generate` for the arguments."""

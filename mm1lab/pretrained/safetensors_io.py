@@ -1,0 +1,153 @@
+"""Read and write safetensors checkpoints: one file, or a folder sharded with a `*.safetensors.index.json`.
+
+Only safetensors is read, through `safe_open`, so tensors come one at a time from memory-mapped files and
+nothing is ever unpickled (a `.bin`/`.pt` checkpoint could run arbitrary code when loaded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+# Weight files we look for in a folder, in order of preference (HF, then timm/OpenCLIP hub names).
+WEIGHT_FILES = ("model.safetensors", "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors")
+INDEX_FILES = ("model.safetensors.index.json",)
+PICKLE_FILES = ("pytorch_model.bin", "open_clip_pytorch_model.bin", "model.pt", "pytorch_model.bin.index.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be loaded: missing files, missing/unexpected keys or shape mismatches (all listed)."""
+
+
+class SafetensorsReader:
+    """Lazy access to every tensor of a single-file or sharded safetensors checkpoint.
+
+    `reader.keys()` lists the tensor names; `reader.get(name)` reads one tensor (fp32 copies are made later,
+    by the caller, so a 7B checkpoint is never held twice in memory).
+    """
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        self.path = path
+        self._where: dict[str, Path] = {}            # tensor name -> file that holds it
+        for file in self._files(path):
+            with safe_open(file, framework="pt") as f:
+                for key in f.keys():
+                    self._where[key] = file
+        self._handles: dict[Path, object] = {}
+
+    @staticmethod
+    def _files(path: Path) -> list[Path]:
+        if path.is_file():
+            if path.suffix != ".safetensors":
+                raise CheckpointError(f"{path}: only .safetensors files are read (mm1lab never unpickles "
+                                      "checkpoints); convert it with safetensors.torch.save_file")
+            return [path]
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: no such file or folder")
+        for name in INDEX_FILES:
+            if (path / name).exists():
+                index = json.loads((path / name).read_text())
+                return sorted({path / shard for shard in index["weight_map"].values()})
+        for name in WEIGHT_FILES:
+            if (path / name).exists():
+                return [path / name]
+        pickled = [name for name in PICKLE_FILES if (path / name).exists()]
+        hint = (f" It holds pickled weights ({', '.join(pickled)}), which mm1lab never loads; download the "
+                "safetensors files instead or convert them with safetensors.torch.save_file.") if pickled else ""
+        looked = ", ".join(INDEX_FILES + WEIGHT_FILES)
+        raise CheckpointError(f"{path}: no safetensors weights found (looked for {looked}).{hint}")
+
+    def keys(self) -> list[str]:
+        return list(self._where)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._where
+
+    def get(self, key: str) -> Tensor:
+        file = self._where[key]
+        if file not in self._handles:
+            self._handles[file] = safe_open(file, framework="pt")
+        return self._handles[file].get_tensor(key)
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Every tensor of a safetensors file or (sharded) folder, as a plain dict."""
+    reader = SafetensorsReader(path)
+    return {key: reader.get(key) for key in reader.keys()}
+
+
+def save_state_dict(state: dict[str, Tensor], file: str | Path, *, metadata: dict[str, str] | None = None) -> None:
+    """Write tensors to one safetensors file (tensors made contiguous and unshared, as safetensors requires)."""
+    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(file),
+              metadata=metadata or {"format": "pt"})
+
+
+@contextmanager
+def atomic_folder(folder: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder next to `folder`; on success it replaces `folder`, on error it is removed.
+
+    A crash mid-save therefore never leaves a half-written checkpoint under the final name.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if folder.exists():
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# torch.nn.init functions that module constructors call; skipped while a module is built only to be loaded.
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "zeros_", "ones_", "xavier_uniform_",
+                   "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")
+
+
+@contextmanager
+def no_init() -> Iterator[None]:
+    """Build modules without random initialisation (their weights are loaded right after).
+
+    Initialising a 7B model only to overwrite it costs minutes on CPU. Buffers computed in constructors
+    (e.g. rotary frequencies) are unaffected. Not thread-safe: it patches `torch.nn.init` for the duration.
+    """
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+    for name in _INIT_FUNCTIONS:
+        setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
+def check_no_meta(module: nn.Module, what: str) -> None:
+    """Fail loudly if any tensor was left on the meta device (a part that was never loaded)."""
+    left = [name for name, t in module.state_dict().items() if t.is_meta]
+    if left:
+        raise RuntimeError(f"{what}: tensors were never loaded: {left[:10]}{' ...' if len(left) > 10 else ''}")
+
+
+def cast_parameters(module: nn.Module, dtype: torch.dtype | None) -> nn.Module:
+    """Cast parameters only: buffers such as rotary frequencies stay fp32 (bf16 frequencies drift)."""
+    if dtype is not None:
+        for param in module.parameters():
+            param.data = param.data.to(dtype)
+    return module
