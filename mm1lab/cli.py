@@ -42,8 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_data_commands(sub)
 
+    from mm1lab.eval.cli import add_eval_commands
     from mm1lab.runner import add_runner_commands
+    from mm1lab.train.cli import add_train_commands
 
+    add_train_commands(sub)
+    add_eval_commands(sub)
     add_runner_commands(sub)
     return parser
 

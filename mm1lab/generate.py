@@ -37,7 +37,6 @@ def sample_next(logits: Tensor, *, temperature: float, top_p: float, generator: 
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-@torch.no_grad()
 def generate(model, input_ids: Tensor, images: Tensor | list | None = None, *, attention_mask: Tensor | None = None,
              max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
              stop_tokens: list[int] | None = None, generator: torch.Generator | None = None,
@@ -48,6 +47,17 @@ def generate(model, input_ids: Tensor, images: Tensor | list | None = None, *, a
     stop_tokens: ids that end a sequence (default: eos); the stop token itself is kept in the output.
     return_logits: also return the logits (b, t, v) each token was chosen from.
     """
+    # inference_mode skips autograd's version counters and view tracking (cheaper per op than no_grad); the
+    # results are cloned on the way out so callers may use them in autograd later (e.g. train on the samples).
+    with torch.inference_mode():
+        new, scores = _generate(model, input_ids, images, attention_mask=attention_mask,
+                                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                stop_tokens=stop_tokens, generator=generator, return_logits=return_logits)
+    return (new.clone(), scores.clone()) if return_logits else new.clone()
+
+
+def _generate(model, input_ids, images, *, attention_mask, max_new_tokens, temperature, top_p, stop_tokens,
+              generator, return_logits) -> tuple[Tensor, Tensor | None]:
     cfg = model.cfg
     b, n = input_ids.shape
     if attention_mask is None:
@@ -66,6 +76,7 @@ def generate(model, input_ids: Tensor, images: Tensor | list | None = None, *, a
 
     out = model(input_ids, images, attention_mask=attention_mask, cache=cache, logits_to_keep=1)
     positions = positions_from_mask(attention_mask, input_ids)[:, -1]
+    padded = not bool(attention_mask.all())   # without padding, decode steps need no mask (positions suffice)
     done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
     tokens, scores = [], []
     for step in range(max_new_tokens):
@@ -78,8 +89,9 @@ def generate(model, input_ids: Tensor, images: Tensor | list | None = None, *, a
         done |= torch.isin(nxt, stops)
         if bool(done.all()) or step == max_new_tokens - 1:
             break
-        attention_mask = torch.cat([attention_mask, torch.ones(b, 1, dtype=torch.bool, device=done.device)], 1)
+        if padded:
+            attention_mask = torch.cat([attention_mask, torch.ones(b, 1, dtype=torch.bool, device=done.device)], 1)
         positions = positions + 1
-        out = model(nxt[:, None], attention_mask=attention_mask, position_ids=positions[:, None], cache=cache)
-    new = torch.stack(tokens, 1)
-    return (new, torch.stack(scores, 1)) if return_logits else new
+        out = model(nxt[:, None], attention_mask=attention_mask if padded else None,
+                    position_ids=positions[:, None], cache=cache)
+    return torch.stack(tokens, 1), torch.stack(scores, 1) if return_logits else None

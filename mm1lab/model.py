@@ -39,14 +39,16 @@ def _init_weights(module: nn.Module) -> None:
 @dataclass
 class MM1Output:
     """loss: total (cross-entropy + MoE auxiliary losses); logits (b, n, v); aux: named scalar losses;
-    sample_loss: (b,) mean cross-entropy per sample (for per-stream logging). Probing fields are filled only
-    on request: lm_attentions per layer (b, h, n, s), vision (encoder output with attentions), connector info,
-    and routers (one RouterInfo per MoE layer, always present for MoE models)."""
+    sample_loss: (b,) mean cross-entropy per sample and token_loss (b, n) per position (per-stream logging).
+    Probing fields are filled only on request: lm_attentions per layer (b, h, n, s), vision (encoder output with
+    attentions), connector info, and routers (one RouterInfo per MoE layer, always present for MoE models)."""
 
     logits: Tensor
     loss: Tensor | None = None
     aux: dict[str, Tensor] = field(default_factory=dict)
     sample_loss: Tensor | None = None
+    token_loss: Tensor | None = None     # (b, n): loss of predicting token i + 1 at position i (0 where not counted)
+    token_counted: Tensor | None = None  # (b, n) bool: which entries of token_loss are counted
     lm_attentions: list[Tensor] | None = None
     vision: VisionOutput | None = None
     connector: ConnectorInfo | None = None
@@ -135,12 +137,17 @@ class MM1Model(nn.Module):
             labels = labels.masked_fill(~loss_mask.bool(), IGNORE)
         if attention_mask is not None:
             labels = labels.masked_fill(~attention_mask.bool(), IGNORE)
-        targets = labels[:, 1:]
-        token_loss = F.cross_entropy(rearrange(out.logits[:, :-1].float(), 'b n v -> b v n'), targets,
-                                     ignore_index=IGNORE, reduction="none")
+        # Shift the labels, not the logits: the last position's target is IGNORE. This avoids copying the sliced
+        # logits (and a zero-filled logits-sized gradient in backward); rows of (b n, v) keep the softmax over a
+        # contiguous axis, ~2x faster on CPU than over v in (b, v, n).
+        targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
+        token_loss = F.cross_entropy(rearrange(out.logits.float(), 'b n v -> (b n) v'),
+                                     rearrange(targets, 'b n -> (b n)'), ignore_index=IGNORE, reduction="none")
+        token_loss = rearrange(token_loss, '(b n) -> b n', b=targets.shape[0])
         counted = (targets != IGNORE).float()
         ce = token_loss.sum() / counted.sum().clamp(min=1)
         out.sample_loss = token_loss.sum(1) / counted.sum(1).clamp(min=1)
+        out.token_loss, out.token_counted = token_loss, targets != IGNORE
         out.aux["ce"] = ce
         total = ce
         moe = self.cfg.lm.moe

@@ -180,7 +180,9 @@ def _read_records(records) -> list[dict]:
     if isinstance(records, (str, Path)):
         lines = Path(records).read_text().splitlines()
         records = [json.loads(x) for x in lines if x.strip()]
-    return [r for r in records if isinstance(r, Mapping)]
+    # The trainer logs per-stream losses nested ({"stream_loss": {"caption": ...}}); plot them as loss/<stream>.
+    return [{**r, **{f"loss/{k}": v for k, v in (r.get("stream_loss") or {}).items()}}
+            for r in records if isinstance(r, Mapping)]
 
 
 def _series(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -250,3 +250,12 @@ def test_router_explorer_builds_and_shows_errors():
     assert ex.error is not None and "IndexError" in ex.output.outputs[0]["text"]
     with pytest.raises(ValueError, match="MoE"):
         router_explorer(MM1Model(tiny_config("avgpool")), [(ids[0], images[:2])])
+
+
+def test_loss_curves_read_the_trainers_nested_stream_losses():
+    from mm1lab.plots import plot_loss_curves
+
+    records = [{"step": i, "loss": 5.0 - i, "stream_loss": {"caption": 4.0 - i, "text": 6.0 - i}} for i in range(3)]
+    fig = plot_loss_curves(records)
+    labels = sorted(line.get_label() for line in fig.axes[1].get_lines())
+    assert labels == ["caption", "text"]

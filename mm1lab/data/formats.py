@@ -1,0 +1,329 @@
+"""Readers and writers for the formats real corpora come in, with bad input skipped-and-counted or, strictly, named.
+
+| data            | format                                                              | like               |
+| captions        | WebDataset tar shards, img2dataset layout (key.jpg, key.txt, key.json) | CC3M, CC12M, DFN   |
+| interleaved     | JSONL, OBELICS-style aligned `texts` / `images` lists (relative paths) | OBELICS, MMC4      |
+| SFT             | LLaVA JSON (or JSONL): image (str or list), conversations with <image> | LLaVA-Instruct     |
+| text-only       | JSONL lines {"text": ...}                                           | any LM corpus      |
+
+Evaluation formats (COCO captions, VQAv2) are in `eval_formats.py`. Training readers return a `RecordStream`
+(cheap raw records, decoded only by the shard that keeps them) for `MixtureDataset`; `iter_samples` reads one
+directly. Writers are deterministic: sorted JSON keys, fixed JPEG quality, tar members with mtime 0 and uid/gid 0,
+so the same input gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from mm1lab.data.mixture import RecordStream
+from mm1lab.data.prompts import caption_text
+from mm1lab.data.sample import DataError, Sample, Skips, SkipSample
+from mm1lab.data.tokenizer import IMAGE
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+# ---- shared helpers -------------------------------------------------------------------------------------
+def open_image(source: bytes | str | Path, where: str) -> Image.Image:
+    """Decode an image fully (so truncation shows here, not later) or raise `SkipSample`."""
+    try:
+        if isinstance(source, bytes):
+            image = Image.open(io.BytesIO(source))
+        else:
+            if not Path(source).exists():
+                raise SkipSample("missing_image", where, f"no file {source}")
+            image = Image.open(source)
+        image.load()
+        return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise SkipSample("bad_image", where, str(exc)) from None
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
+    """JPEG encoding with fixed settings (deterministic bytes)."""
+    buf = io.BytesIO()
+    image.convert("RGB").save(buf, format="JPEG", quality=quality, optimize=False, progressive=False)
+    return buf.getvalue()
+
+
+def dumps(obj: Any) -> str:
+    """Deterministic JSON (sorted keys, compact, ASCII)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[str, str]]:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                yield f"{path}:{lineno}", line
+
+
+def _parse_json_line(raw: tuple[str, str]) -> tuple[str, Any]:
+    where, line = raw
+    try:
+        return where, json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise SkipSample("bad_json", where, exc.msg) from None
+
+
+def _paths(source: str | Path | Iterable[str | Path], pattern: str) -> list[Path]:
+    if isinstance(source, (str, Path)):
+        source = Path(source)
+        return sorted(source.glob(pattern)) if source.is_dir() else [source]
+    return [Path(p) for p in source]
+
+
+def iter_samples(stream: RecordStream, *, strict: bool = False, skips: Skips | None = None) -> Iterator[Sample]:
+    """Every good sample of `stream` in order; bad ones are counted in `skips` (or raise `DataError` if strict)."""
+    skips = skips if skips is not None else Skips(strict=strict)
+    for thunk in stream.iterate(0, 1):
+        try:
+            sample = thunk()
+        except SkipSample as skip:
+            skips.add(skip)
+            continue
+        sample.skipped = skips.pop_pending()
+        yield sample
+
+
+# ---- captions: WebDataset / img2dataset tar shards ------------------------------------------------------
+def write_caption_shards(items: Iterable[tuple[Image.Image, str, dict]], out_dir: str | Path, *,
+                         shard_size: int = 1000, quality: int = 90) -> list[Path]:
+    """Write (image, caption, metadata) triples as img2dataset shards 00000.tar, ... with keys 000000000, ..."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths, tar = [], None
+    for n, (image, caption, meta) in enumerate(items):
+        shard, index = divmod(n, shard_size)
+        if index == 0:
+            if tar is not None:
+                tar.close()
+            paths.append(out_dir / f"{shard:05d}.tar")
+            tar = tarfile.open(paths[-1], "w", format=tarfile.USTAR_FORMAT)
+        key = f"{shard:05d}{index:04d}"
+        info = {"key": key, "caption": caption, "status": "success", "width": image.width,
+                "height": image.height, **meta}
+        for ext, data in (("jpg", jpeg_bytes(image, quality)), ("txt", caption.encode()),
+                          ("json", dumps(info).encode())):
+            member = tarfile.TarInfo(f"{key}.{ext}")
+            member.size, member.mtime, member.mode = len(data), 0, 0o644
+            member.uid = member.gid = 0
+            member.uname = member.gname = ""
+            tar.addfile(member, io.BytesIO(data))
+    if tar is not None:
+        tar.close()
+    return paths
+
+
+def _tar_groups(path: Path) -> Iterator[Any]:
+    """Consecutive members sharing a key -> (where, {ext: bytes}); a broken tar ends with a SkipSample record."""
+    group, key, last = {}, None, "the start"
+    try:
+        with tarfile.open(path, "r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                stem, _, ext = member.name.rpartition(".")
+                if key is not None and stem != key:
+                    yield f"{path}:{key}", group
+                    group = {}
+                key, last = stem, member.name
+                group[ext.lower()] = tar.extractfile(member).read()
+        if group:
+            yield f"{path}:{key}", group
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        yield SkipSample("truncated_tar", f"{path}", f"unreadable after {last} ({exc}); rest of the shard skipped")
+
+
+def caption_stream(source: str | Path | Iterable[str | Path], *, stream: str = "caption") -> RecordStream:
+    """Image-caption pairs from tar shards (a directory of *.tar, one file, or a list of files)."""
+    paths = _paths(source, "*.tar")
+
+    def records() -> Iterator[Any]:
+        for path in paths:
+            yield from _tar_groups(path)
+
+    def decode(raw: Any) -> Sample:
+        if isinstance(raw, SkipSample):
+            raise raw
+        where, group = raw
+        ext = next((e for e in IMAGE_EXTS if e in group), None)
+        if ext is None:
+            raise SkipSample("missing_image", where, f"no image member (found {sorted(group)})")
+        text = group.get("txt", b"").decode("utf-8", errors="replace").strip()
+        if not text:
+            raise SkipSample("empty_text", where)
+        image = open_image(group[ext], where)
+        return Sample.pretrain(stream, caption_text(text), [image], id=where)
+
+    return RecordStream(records, decode)
+
+
+# ---- interleaved: OBELICS-style JSONL -------------------------------------------------------------------
+def write_interleaved_jsonl(docs: Iterable[dict], path: str | Path, *, image_dir: str = "images",
+                            quality: int = 90) -> Path:
+    """Write documents {"texts": [str|None], "images": [PIL|None], "metadata": {...}} as OBELICS-style JSONL.
+
+    Images are saved as JPEGs under `image_dir` (relative to the JSONL's folder), referenced by relative path.
+    """
+    path = Path(path)
+    (path.parent / image_dir).mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for d, doc in enumerate(docs):
+            refs = []
+            for i, image in enumerate(doc["images"]):
+                if image is None:
+                    refs.append(None)
+                    continue
+                rel = f"{image_dir}/doc{d:05d}_{i:02d}.jpg"
+                (path.parent / rel).write_bytes(jpeg_bytes(image, quality))
+                refs.append(rel)
+            f.write(dumps({"texts": doc["texts"], "images": refs, "metadata": doc.get("metadata", {})}) + "\n")
+    return path
+
+
+def interleaved_stream(source: str | Path | Iterable[str | Path]) -> RecordStream:
+    """Interleaved documents from OBELICS-style JSONL (images resolved relative to each file's folder)."""
+    paths = _paths(source, "*.jsonl")
+
+    def records() -> Iterator[Any]:
+        for path in paths:
+            yield from ((path.parent, rec) for rec in _jsonl_records(path))
+
+    def decode(raw: Any) -> Sample:
+        root, record = raw
+        where, doc = _parse_json_line(record)
+        texts, images = (doc.get("texts"), doc.get("images")) if isinstance(doc, dict) else (None, None)
+        if not isinstance(texts, list) or not isinstance(images, list) or len(texts) != len(images):
+            raise SkipSample("bad_record", where, "need aligned lists 'texts' and 'images' of equal length")
+        pieces, loaded = [], []
+        for i, (text, image) in enumerate(zip(texts, images)):
+            if (text is None) == (image is None):
+                raise SkipSample("bad_record", where, f"position {i} must hold exactly one of a text and an image")
+            if image is not None:
+                ref = image if isinstance(image, str) else image.get("path") if isinstance(image, dict) else None
+                if not ref:
+                    raise SkipSample("bad_record", where, f"position {i}: image must be a path")
+                loaded.append(open_image(root / ref, f"{where} image {i}"))
+                pieces.append(IMAGE)
+            else:
+                pieces.append(str(text))
+        if not "".join(p for p in pieces if p != IMAGE).strip():
+            raise SkipSample("empty_text", where)
+        return Sample.pretrain("interleaved", "\n".join(pieces), loaded, id=where)
+
+    return RecordStream(records, decode)
+
+
+# ---- SFT: LLaVA JSON ------------------------------------------------------------------------------------
+def write_llava_json(records: Iterable[dict], path: str | Path, *, image_dir: str = "images",
+                     quality: int = 90) -> Path:
+    """Write {"id", "images": [PIL], "turns": [{"role", "content"}]} records as a LLaVA-format JSON list.
+
+    One image gives "image": "path"; several give a list; none omits the key (text-only SFT).
+    """
+    path = Path(path)
+    (path.parent / image_dir).mkdir(parents=True, exist_ok=True)
+    out = []
+    for rec in records:
+        refs = []
+        for i, image in enumerate(rec["images"]):
+            rel = f"{image_dir}/{rec['id']}_{i}.jpg"
+            (path.parent / rel).write_bytes(jpeg_bytes(image, quality))
+            refs.append(rel)
+        entry = {"id": rec["id"], "conversations": [
+            {"from": "human" if t["role"] == "user" else "gpt", "value": t["content"]} for t in rec["turns"]]}
+        if refs:
+            entry["image"] = refs[0] if len(refs) == 1 else refs
+        out.append(entry)
+    path.write_text(json.dumps(out, sort_keys=True, indent=1) + "\n")
+    return path
+
+
+def _llava_records(path: Path) -> Iterator[tuple[str, Any]]:
+    if path.suffix == ".jsonl":
+        yield from _jsonl_records(path)
+        return
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:   # a whole-file JSON cannot be read past a syntax error
+        raise DataError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON ({exc.msg}); fix the file or convert it "
+                        "to JSONL (one conversation per line) so that bad lines can be skipped") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: a LLaVA file holds a JSON list of conversations, got {type(data).__name__}")
+    for i, entry in enumerate(data):
+        yield f"{path}[{i}]", entry
+
+
+def llava_stream(source: str | Path | Iterable[str | Path], *, image_folder: str | Path | None = None) -> RecordStream:
+    """SFT conversations from LLaVA JSON/JSONL; images relative to `image_folder` (default: the file's folder)."""
+    paths = _paths(source, "*.json*")
+
+    def records() -> Iterator[Any]:
+        for path in paths:
+            root = Path(image_folder) if image_folder is not None else path.parent
+            yield from ((root, rec) for rec in _llava_records(path))
+
+    def decode(raw: Any) -> Sample:
+        root, (where, entry) = raw
+        if isinstance(entry, str):
+            where, entry = _parse_json_line((where, entry))
+        convs = entry.get("conversations") if isinstance(entry, dict) else None
+        if not isinstance(convs, list) or not convs:
+            raise SkipSample("bad_record", where, "needs a non-empty 'conversations' list")
+        where = f"{where} id={entry.get('id', '?')}"
+        turns = []
+        for j, turn in enumerate(convs):
+            role = ROLES.get(turn.get("from")) if isinstance(turn, dict) else None
+            if role is None or not isinstance(turn.get("value"), str):
+                raise SkipSample("bad_record", where, f"turn {j} needs 'from' in {sorted(ROLES)} and a string 'value'")
+            turns.append({"role": role, "content": turn["value"]})
+        if not any(t["role"] == "assistant" and t["content"].strip() for t in turns):
+            raise SkipSample("empty_text", where, "no assistant answer")
+        refs = entry.get("image", [])
+        refs = [refs] if isinstance(refs, str) else list(refs)
+        markers = sum(t["content"].count(IMAGE) for t in turns)
+        if markers != len(refs):
+            raise SkipSample("image_count_mismatch", where, f"{markers} <image> markers, {len(refs)} images")
+        images = [open_image(root / ref, f"{where} image {ref}") for ref in refs]
+        return Sample.chat(turns, images, id=where)
+
+    return RecordStream(records, decode)
+
+
+# ---- text-only JSONL ------------------------------------------------------------------------------------
+def write_text_jsonl(texts: Iterable[str], path: str | Path) -> Path:
+    """One {"text": ...} object per line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    return path
+
+
+def text_stream(source: str | Path | Iterable[str | Path]) -> RecordStream:
+    """Text-only documents from JSONL files."""
+    paths = _paths(source, "*.jsonl")
+
+    def records() -> Iterator[Any]:
+        for path in paths:
+            yield from _jsonl_records(path)
+
+    def decode(raw: Any) -> Sample:
+        where, doc = _parse_json_line(raw)
+        text = doc.get("text") if isinstance(doc, dict) else None
+        if not isinstance(text, str):
+            raise SkipSample("bad_record", where, 'needs a string field "text"')
+        if not text.strip():
+            raise SkipSample("empty_text", where)
+        return Sample.pretrain("text", text, [], id=where)
+
+    return RecordStream(records, decode)

@@ -1,0 +1,205 @@
+"""Checkpoints: written atomically, the last N kept, weights in safetensors, nothing loaded through pickle.
+
+Layout of `<run_dir>/checkpoints/`:
+
+    step_00000500/
+        model.safetensors   full fp32 weights (gathered on rank 0 under FSDP); tied weights stored once,
+                            their other names listed in the metadata under "aliases"
+        model_config.json   the MM1Config (MM1Config.from_json reads it)
+        train_config.yaml   the resolved TrainConfig
+        optimizer.pt        AdamW state (torch.save; read back with torch.load(weights_only=True))
+        state.pt            step, scheduler, data-sampler state, every RNG, fault counters
+        meta.json           step, wall time and the last logged metrics
+    latest                  name of the newest complete checkpoint
+
+A checkpoint is written into a temporary directory, every file fsynced, then renamed into place; `latest` is
+replaced the same way. A crash at any point leaves the previous checkpoint complete and `latest` pointing at it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+STEP_PREFIX = "step_"
+
+
+# ---- weights -------------------------------------------------------------------------------------------
+def save_weights(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a state dict as safetensors; tensors sharing storage (tied embeddings) are stored once."""
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    tensors, aliases = {}, {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key in seen and t.numel():
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = t.detach().to("cpu").contiguous()
+    save_file(tensors, str(path), metadata={**(metadata or {}), "aliases": json.dumps(aliases)})
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read safetensors weights (no pickle involved) and restore the names of tied tensors."""
+    with safe_open(str(path), framework="pt") as f:
+        state = {name: f.get_tensor(name) for name in f.keys()}
+        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    for name, target in aliases.items():
+        state[name] = state[target]
+    return state
+
+
+# ---- RNG -----------------------------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    """Every RNG a step can touch, in weights_only-loadable types (tensors, ints, lists)."""
+    np_state = np.random.get_state()
+    state = dict(torch=torch.get_rng_state(), python=_plain(random.getstate()),
+                 numpy=dict(keys=torch.from_numpy(np_state[1].astype(np.int64)), pos=int(np_state[2]),
+                            has_gauss=int(np_state[3]), gauss=float(np_state[4])))
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _plain(x: Any) -> Any:
+    return [_plain(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+
+# ---- whole checkpoints ---------------------------------------------------------------------------------
+@dataclass
+class Checkpoint:
+    """What `load_checkpoint` returns; `optimizer` and `state` are None for weights-only loads."""
+
+    path: Path
+    step: int
+    weights: dict[str, torch.Tensor]
+    model_config: dict[str, Any]
+    optimizer: dict[str, Any] | None = None
+    state: dict[str, Any] | None = None
+
+
+def save_checkpoint(root: str | Path, step: int, *, weights: dict[str, torch.Tensor], model_config_json: str,
+                    train_config_yaml: str, optimizer: dict[str, Any], state: dict[str, Any],
+                    meta: dict[str, Any] | None = None, keep: int = 3) -> Path:
+    """Write checkpoint `step` under `root` atomically, point `latest` at it, drop all but the newest `keep`."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{STEP_PREFIX}{step:08d}"
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_weights(weights, tmp / "model.safetensors", metadata={"step": str(step)})
+        (tmp / "model_config.json").write_text(model_config_json)
+        (tmp / "train_config.yaml").write_text(train_config_yaml)
+        torch.save(optimizer, tmp / "optimizer.pt")
+        torch.save(state, tmp / "state.pt")
+        (tmp / "meta.json").write_text(json.dumps(dict(step=step, **(meta or {})), indent=2))
+        for f in tmp.iterdir():
+            _fsync(f)
+        _fsync(tmp)
+        fault_point("checkpoint", step)   # tests kill the process here: the rename below must not happen
+        if final.exists():                # re-saving a step (e.g. after a resume): replace it
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _write_atomic(root / "latest", final.name)
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: str | Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first (temporary directories are ignored)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX)
+                  and (p / "meta.json").exists())
+
+
+def find_checkpoint(path: str | Path) -> Path | None:
+    """The checkpoint meant by `path`: a checkpoint dir itself, or the newest under a run dir or checkpoints dir."""
+    path = Path(path)
+    if (path / "model.safetensors").exists():
+        return path
+    for root in (path / "checkpoints", path):
+        latest = root / "latest"
+        if latest.exists() and (root / latest.read_text().strip() / "meta.json").exists():
+            return root / latest.read_text().strip()
+        found = list_checkpoints(root)
+        if found:
+            return found[-1]
+    return None
+
+
+def load_checkpoint(path: str | Path, *, weights_only: bool = False) -> Checkpoint:
+    """Load a checkpoint (dir, run dir or checkpoints dir). Weights via safetensors, the rest via
+    torch.load(weights_only=True): a checkpoint cannot run code on load."""
+    found = find_checkpoint(path)
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint in {path} (looked for model.safetensors, checkpoints/latest and "
+                                f"{STEP_PREFIX}* directories)")
+    meta = json.loads((found / "meta.json").read_text()) if (found / "meta.json").exists() else {}
+    ckpt = Checkpoint(path=found, step=int(meta.get("step", 0)), weights=load_weights(found / "model.safetensors"),
+                      model_config=json.loads((found / "model_config.json").read_text()))
+    if not weights_only:
+        ckpt.optimizer = torch.load(found / "optimizer.pt", weights_only=True, map_location="cpu")
+        ckpt.state = torch.load(found / "state.pt", weights_only=True, map_location="cpu")
+    return ckpt
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+# ---- fault injection (tests) ---------------------------------------------------------------------------
+def fault_point(where: str, step: int) -> None:
+    """Test hook: MM1LAB_FAULT="kill@train:7" SIGKILLs this process at that point ("sigint@train:7" sends
+    Ctrl-C; "kill@checkpoint:5" dies after writing checkpoint 5's files but before renaming it into place)."""
+    spec = os.environ.get("MM1LAB_FAULT")
+    if not spec:
+        return
+    for item in spec.split(","):
+        action, _, point = item.partition("@")
+        if point == f"{where}:{step}":
+            os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGINT)

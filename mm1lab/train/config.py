@@ -1,0 +1,272 @@
+"""Training configs: one keyword-only dataclass per concern, stage presets, YAML with `--set a.b=c` overrides.
+
+`TrainConfig.from_dict(d)` starts from the stage preset named by `d["stage"]` (see `STAGES`) and deep-merges `d`
+over it, so a YAML file only states what differs from the stage. Everything is validated in `__post_init__`
+with messages that name the field and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mm1lab.config import ConfigError, MM1Config
+
+PARTS = ("vision", "connector", "lm")
+PRECISIONS = ("fp32", "bf16")
+PARALLEL = ("auto", "none", "ddp", "fsdp")
+SOURCES = ("shapeworld", "synthetic")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _parts(value: dict[str, Any], name: str, default: Any) -> dict[str, Any]:
+    """A per-part dict completed with `default` for missing parts; unknown parts are an error."""
+    unknown = sorted(set(value) - set(PARTS))
+    _check(not unknown, f"TrainConfig.{name}: unknown part(s) {unknown}; parts are {', '.join(PARTS)}")
+    return {part: value.get(part, default) for part in PARTS}
+
+
+def _number(value: Any, name: str) -> Any:
+    """YAML 1.1 reads `1e-3` (no dot) as a string; accept it as the number it means."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"TrainConfig.{name} must be a number, got {value!r}") from None
+    return value
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    """AdamW + linear warmup + cosine decay. `lr=None` uses MM1's rule for the model's parameter count."""
+
+    lr: float | None = None                 # peak LR; None: exp(-0.4214 ln N - 0.5535)
+    weight_decay: float | None = None       # None: 0.1 x peak LR (MM1); decoupled (AdamW)
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    warmup_steps: int | None = None         # None: min(2000, 5% of the steps) (MM1 warms up for 2000 steps)
+    min_lr_ratio: float = 0.1               # cosine ends at 10% of peak (MM1)
+    grad_clip: float | None = 1.0           # max global grad norm; None: no clipping
+    lr_scale: dict[str, float] = field(default_factory=dict)   # per part, multiplies the peak LR
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "weight_decay", "eps", "min_lr_ratio", "grad_clip"):
+            setattr(self, name, _number(getattr(self, name), f"optim.{name}"))
+        self.betas = tuple(self.betas)
+        self.lr_scale = _parts(self.lr_scale, "optim.lr_scale", 1.0)
+        _check(self.lr is None or self.lr > 0, f"TrainConfig.optim.lr must be > 0 or null, got {self.lr}")
+        _check(self.weight_decay is None or self.weight_decay >= 0,
+               f"TrainConfig.optim.weight_decay must be >= 0 or null, got {self.weight_decay}")
+        _check(0 <= self.min_lr_ratio <= 1,
+               f"TrainConfig.optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        _check(self.grad_clip is None or self.grad_clip > 0,
+               f"TrainConfig.optim.grad_clip must be > 0 or null, got {self.grad_clip}")
+        _check(all(s >= 0 for s in self.lr_scale.values()), "TrainConfig.optim.lr_scale values must be >= 0")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Where batches come from: the ShapeWorld mixture (`mm1lab.data`) or a synthetic stream (tests, benchmarks)."""
+
+    source: str = "shapeworld"
+    mixture: dict[str, float] = field(default_factory=lambda: {"caption": 0.45, "interleaved": 0.45, "text": 0.10})
+    difficulty: str = "easy"
+    seq_len: int = 256                      # tokens per row
+    pack: bool = False                      # pack several samples per row
+    num_workers: int = 0                    # 0 keeps resume exact (the data state lives in this process)
+    seed: int = 0
+    high_res: bool = False                  # MM1 sub-images: a 2x-resolution render as overview + 2x2 crops
+    multi_image_share: float = 0.1          # share of SFT conversations about two images
+
+    def __post_init__(self) -> None:
+        _check(self.source in SOURCES, f"TrainConfig.data.source must be one of {SOURCES}, got {self.source!r}")
+        _check(bool(self.mixture) and all(w >= 0 for w in self.mixture.values()) and sum(self.mixture.values()) > 0,
+               f"TrainConfig.data.mixture needs non-negative weights with a positive sum, got {self.mixture}")
+        _check(self.seq_len > 0 and self.num_workers >= 0, "TrainConfig.data.seq_len must be > 0, num_workers >= 0")
+        _check(0 <= self.multi_image_share <= 1,
+               f"TrainConfig.data.multi_image_share must be in [0, 1], got {self.multi_image_share}")
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    """Checkpoint cadence and retention; `resume=True` continues from the newest checkpoint in the run dir."""
+
+    every: int = 250                        # steps between checkpoints (a final one is always written)
+    keep: int = 3                           # keep the last N
+    resume: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.every > 0 and self.keep > 0, "TrainConfig.checkpoint.every and keep must be positive")
+
+
+@dataclass(kw_only=True)
+class TrackConfig:
+    """metrics.jsonl is always written; TensorBoard, W&B and the tqdm bar are switches."""
+
+    log_every: int = 10
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "mm1lab"
+    wandb_mode: str = "offline"             # offline needs no network; `wandb sync` uploads later
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.log_every > 0, f"TrainConfig.track.log_every must be positive, got {self.log_every}")
+        _check(self.wandb_mode in ("offline", "online", "disabled"),
+               f"TrainConfig.track.wandb_mode must be offline, online or disabled, got {self.wandb_mode!r}")
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """One training run. `batch_size` is the global batch (sequences per optimizer step over all ranks);
+    `micro_batch_size` is what one rank runs per forward, the rest is gradient accumulation."""
+
+    stage: str = "pretrain"
+    name: str = "run"
+    model: str | dict[str, Any] = "tiny"    # preset name or an MM1Config dict; ignored with init_from
+    init_from: str | None = None            # a run or checkpoint dir whose weights (and model config) start SFT
+    out_dir: str | None = None              # None: runs/<name>
+    steps: int = 1000
+    batch_size: int = 64
+    micro_batch_size: int | None = None     # None: batch_size / world size (no accumulation)
+    seed: int = 0
+    precision: str = "fp32"                 # bf16: autocast (weights and optimizer stay fp32)
+    compile: bool = False
+    device: str = "auto"                    # auto: cuda if available
+    parallel: str = "auto"                  # auto: fsdp on GPUs, ddp on CPU, none for one process
+    freeze: dict[str, bool] = field(default_factory=dict)
+    max_bad_steps: int = 5                  # stop after this many non-finite steps in a row
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+
+    def __post_init__(self) -> None:
+        for attr, cls in (("optim", OptimConfig), ("data", DataConfig), ("checkpoint", CheckpointConfig),
+                          ("track", TrackConfig)):
+            if isinstance(getattr(self, attr), dict):
+                setattr(self, attr, cls(**getattr(self, attr)))
+        self.freeze = _parts(self.freeze, "freeze", False)
+        _check(self.stage in STAGES, f"TrainConfig.stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        _check(self.steps > 0 and self.batch_size > 0, "TrainConfig.steps and batch_size must be positive")
+        _check(self.micro_batch_size is None or self.micro_batch_size > 0,
+               f"TrainConfig.micro_batch_size must be positive or null, got {self.micro_batch_size}")
+        _check(self.precision in PRECISIONS,
+               f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        _check(self.parallel in PARALLEL, f"TrainConfig.parallel must be one of {PARALLEL}, got {self.parallel!r}")
+        _check(not all(self.freeze.values()), "TrainConfig.freeze: every part is frozen, nothing would train")
+        _check(self.max_bad_steps > 0, "TrainConfig.max_bad_steps must be positive")
+        if self.init_from is None:
+            self.model_config()   # fail now, not after the data is built
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir or Path("runs") / self.name)
+
+    def model_config(self) -> MM1Config:
+        """The MM1Config this run trains (a preset by name or a full dict)."""
+        if isinstance(self.model, str):
+            return MM1Config.preset(self.model)
+        return MM1Config.from_dict(self.model)
+
+    def accumulation(self, world: int) -> tuple[int, int]:
+        """(micro batch per rank, accumulation steps) for `world` ranks; the global batch must split evenly."""
+        micro = self.micro_batch_size or self.batch_size // world
+        _check(micro > 0 and self.batch_size % (micro * world) == 0,
+               f"TrainConfig.batch_size={self.batch_size} must be a multiple of micro_batch_size x world size "
+               f"= {micro} x {world}; change batch_size or micro_batch_size")
+        return micro, self.batch_size // (micro * world)
+
+    # ---- serialisation -----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """The stage preset of `data["stage"]` (default pretrain), with `data` deep-merged over it."""
+        data = dict(data or {})
+        stage = data.get("stage", "pretrain")
+        _check(stage in STAGES, f"TrainConfig.stage must be one of {', '.join(STAGES)}, got {stage!r}")
+        merged = _merge(STAGES[stage], data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(merged) - known)
+        _check(not unknown, f"TrainConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        return cls(**merged)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+        """Read YAML (or JSON) and apply `key.sub=value` overrides (values parsed as YAML: 3, 1e-3, true, [1,2])."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no training config at {path}; see configs/ for examples")
+        data = yaml.safe_load(path.read_text()) or {}
+        for item in overrides or []:
+            apply_override(data, item)
+        try:
+            return cls.from_dict(data)
+        except (ConfigError, TypeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Apply one `a.b.c=value` override to a nested dict in place."""
+    key, sep, raw = item.partition("=")
+    _check(bool(sep) and bool(key), f"--set {item!r}: expected key=value, e.g. optim.lr=1e-3")
+    node = data
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        _check(isinstance(node, dict), f"--set {item!r}: {part!r} is not a section")
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):   # YAML 1.1 reads "2e-4" (no dot) as a string; users mean the number
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    node[leaf] = value
+
+
+_REPLACED = ("mixture", "model")   # dicts that a config states whole (a mixture is not merged with the stage's)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for k, v in over.items():
+        nested = isinstance(v, dict) and isinstance(out.get(k), dict) and k not in _REPLACED
+        out[k] = _merge(out[k], v) if nested else v
+    return out
+
+
+def _plain(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _plain(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_plain(v) for v in data]
+    return data
+
+
+# ---- stage presets ---------------------------------------------------------------------------------------
+# pretrain: MM1 trains everything on the 45/45/10 caption/interleaved/text mix.
+# sft: conversations, loss on assistant tokens only (the collator masks the rest); encoder and LM stay unfrozen.
+# align: the LLaVA-style first stage, only the connector learns (on captions), for comparison with MM1.
+STAGES: dict[str, dict[str, Any]] = {
+    "pretrain": dict(freeze=dict(vision=False, connector=False, lm=False),
+                     data=dict(mixture=dict(caption=0.45, interleaved=0.45, text=0.10))),
+    "sft": dict(freeze=dict(vision=False, connector=False, lm=False), data=dict(mixture=dict(sft=1.0))),
+    "align": dict(freeze=dict(vision=True, connector=False, lm=True), data=dict(mixture=dict(caption=1.0))),
+}

@@ -1,0 +1,302 @@
+"""The training loop: one `train(cfg)` for notebooks, the CLI and papermill, single process or under torchrun.
+
+A step draws one global batch (`batch_size` sequences over all ranks), runs it as micro-batches, and makes one
+AdamW update. The loss is token-weighted over the *global* batch: each micro-batch's mean cross-entropy is scaled
+by its share of the global loss tokens, so the gradient is the same for any split into ranks and micro-batches
+(what makes the torchrun run reproduce the single-process one). MoE auxiliary losses are averaged per micro-batch.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mm1lab.config import MM1Config
+from mm1lab.model import MM1Model
+from mm1lab.train import distributed as D
+from mm1lab.train.checkpoint import (
+    fault_point,
+    find_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from mm1lab.train.config import TrainConfig
+from mm1lab.train.data import GlobalBatches, build_data, loss_tokens
+from mm1lab.train.schedule import WarmupCosine, default_warmup, mm1_peak_lr, mm1_weight_decay, param_groups
+from mm1lab.train.tracking import Tracker
+
+STREAM_KEYS = ("caption", "dense", "interleaved", "text", "sft", "other")   # "other": a stream not listed
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. the loss stayed non-finite); the message names the last good checkpoint."""
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns: where things are, how far it got, the last logged metrics and the trained model."""
+
+    run_dir: Path
+    checkpoint: Path | None
+    step: int
+    status: str                      # "finished" or "interrupted" (Ctrl-C: checkpointed, then stopped)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    peak_lr: float = 0.0
+    model: MM1Model | None = None
+
+
+def train(cfg: TrainConfig | dict | str | Path, *, overrides: list[str] | None = None, source: Any = None,
+          collate: Callable | None = None, on_log: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train (or resume) the run described by `cfg`: a TrainConfig, a dict, or a YAML path with `overrides`.
+
+    source/collate: bring your own sample stream (with state_dict/load_state_dict) and collate function
+    instead of `cfg.data`. on_log: called with every logged record (e.g. to plot live in a notebook).
+    """
+    if isinstance(cfg, (str, Path)):
+        cfg = TrainConfig.load(cfg, overrides)
+    elif isinstance(cfg, dict):
+        cfg = TrainConfig.from_dict(cfg)
+    return Trainer(cfg, source=source, collate=collate, on_log=on_log).run()
+
+
+def add_stream_losses(stream_sum: torch.Tensor, stream_tok: torch.Tensor, mb: dict, out) -> None:
+    """Add a micro-batch's loss and token count per stream. A packed row holds several samples ("caption+text",
+    told apart by `segment_ids`), so each predicted token counts for the stream of the sample it belongs to."""
+    loss = out.token_loss.detach().double().cpu()
+    counted = out.token_counted.cpu()
+    segments = mb.get("segment_ids")
+    if segments is None:                                          # one sample per row
+        segments = torch.ones_like(counted, dtype=torch.long)
+    target_segment = F.pad(segments[:, 1:], (0, 1))               # the sample of the token being predicted
+    for row, names in enumerate(mb["stream"]):
+        for index, name in enumerate(names.split("+"), start=1):
+            keep = counted[row] & (target_segment[row] == index)
+            key = STREAM_KEYS.index(name) if name in STREAM_KEYS else len(STREAM_KEYS) - 1
+            stream_sum[key] += loss[row][keep].sum()
+            stream_tok[key] += keep.sum()
+
+
+class Trainer:
+    """Builds model, optimizer, schedule, data and tracking for `cfg` (resuming if a checkpoint exists)."""
+
+    def __init__(self, cfg: TrainConfig, *, source: Any = None, collate: Callable | None = None,
+                 on_log: Callable[[dict], None] | None = None):
+        self.cfg, self.on_log = cfg, on_log
+        self.info = D.init_distributed(cfg.device)
+        self.dev = self.info.device
+        self.ckpt_root = cfg.run_dir / "checkpoints"
+        found = find_checkpoint(self.ckpt_root) if cfg.checkpoint.resume else None
+        resume = load_checkpoint(found) if found is not None else None
+        init = load_checkpoint(cfg.init_from, weights_only=True) if cfg.init_from and resume is None else None
+        # a resumed run keeps its own model config; SFT takes the pre-trained checkpoint's
+        source_cfg = resume or init
+        self.model_cfg = MM1Config.from_dict(source_cfg.model_config) if source_cfg else cfg.model_config()
+
+        torch.manual_seed(cfg.seed)   # same init on every rank
+        model = MM1Model(self.model_cfg)
+        if init is not None:
+            model.load_state_dict(init.weights)
+        model.freeze(**cfg.freeze).to(self.dev)
+        self.model, self.num_params = model, sum(p.numel() for p in model.parameters())
+        self.peak_lr = cfg.optim.lr or mm1_peak_lr(self.num_params)
+        wd = cfg.optim.weight_decay if cfg.optim.weight_decay is not None else mm1_weight_decay(self.peak_lr)
+        self.mode = D.resolve_parallel(cfg.parallel, self.info)
+        self.wrapped = D.wrap_model(model, self.mode, self.info)
+        # built after wrapping: FSDP2 swaps the parameters for sharded ones
+        groups = param_groups(model, peak_lr=self.peak_lr, weight_decay=wd, lr_scale=cfg.optim.lr_scale)
+        self.optimizer = torch.optim.AdamW(groups, betas=cfg.optim.betas, eps=cfg.optim.eps)
+        warmup = cfg.optim.warmup_steps if cfg.optim.warmup_steps is not None else default_warmup(cfg.steps)
+        self.schedule = WarmupCosine(self.optimizer, warmup=warmup, total=cfg.steps, min_ratio=cfg.optim.min_lr_ratio)
+        self.forward = torch.compile(self.wrapped) if cfg.compile else self.wrapped
+
+        if source is None:
+            source, collate = build_data(cfg, self.model_cfg)
+        self.micro, self.accum = cfg.accumulation(self.info.world)
+        self.batches = GlobalBatches(source, collate, micro=self.micro, accum=self.accum, rank=self.info.rank,
+                                     world=self.info.world)
+        self.step, self.bad_run, self.bad_total = 0, 0, 0
+        self.skipped: Counter[str] = Counter()
+        if resume is not None:
+            self._restore(resume)
+        self.last_ckpt = found
+        self.stop_requested = False
+
+    # ---- the loop --------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        """Train to `cfg.steps`; checkpoint every `checkpoint.every` steps, at the end, and on Ctrl-C."""
+        cfg, info = self.cfg, self.info
+        if info.is_main:
+            cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(cfg.run_dir / "config.yaml")
+        tracker = Tracker(cfg.run_dir, cfg, start_step=self.step, enabled=info.is_main)
+        if self.step:
+            tracker.write(f"resumed {cfg.name} from {self.last_ckpt} at step {self.step}")
+        old_handler = self._install_sigint()
+        window: list[dict[str, float]] = []
+        record: dict[str, Any] = {}
+        status = "finished"
+        try:
+            while self.step < cfg.steps:
+                stats = self.train_step()
+                window.append(stats)
+                fault_point("train", self.step)
+                stop = self._stop_agreed()
+                if self.step % cfg.track.log_every == 0 or self.step == cfg.steps or stop:
+                    record = self._record(window)
+                    window = []
+                    tracker.log(record)
+                    if self.on_log is not None and info.is_main:
+                        self.on_log(record)
+                tracker.progress(self.step, stats["loss"], stats["tokens"] / max(stats["time"], 1e-9))
+                due = self.step % cfg.checkpoint.every == 0 or self.step == cfg.steps or stop
+                if due and self.bad_run == 0:   # never checkpoint in the middle of a non-finite streak
+                    self.save(record)
+                if stop:
+                    status = "interrupted"
+                    tracker.write(f"interrupted: checkpoint {self.last_ckpt} written at step {self.step}; "
+                                  "run again to resume")
+                    break
+        finally:
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+            tracker.close()
+        return TrainResult(run_dir=cfg.run_dir, checkpoint=self.last_ckpt, step=self.step, status=status,
+                           metrics=record, peak_lr=self.peak_lr, model=self.model)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimizer step over one global batch; returns this step's global statistics."""
+        t0 = time.perf_counter()
+        micro_batches = self.batches.next_step()
+        counts = [loss_tokens(mb, self.model_cfg.image_token_id) for mb in micro_batches]
+        global_tokens = D.all_reduce(torch.stack([c.sum() for c in counts]).sum().double()).item()
+        # [ce*tokens, tokens seen, images, moe_balance, moe_z] + per-stream [loss*tokens, tokens] + skip counts
+        stream_sum, stream_tok = torch.zeros(len(STREAM_KEYS), dtype=torch.float64), torch.zeros(len(STREAM_KEYS),
+                                                                                              dtype=torch.float64)
+        sums = torch.zeros(5, dtype=torch.float64)
+        autocast = torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+        for j, (mb, count) in enumerate(zip(micro_batches, counts)):
+            self._sync_grads(j == len(micro_batches) - 1)
+            images = mb["images"].to(self.dev) if mb["images"] is not None else None
+            with autocast:
+                out = self.forward(mb["input_ids"].to(self.dev), images, labels=mb["labels"].to(self.dev),
+                                   loss_mask=mb["loss_mask"].to(self.dev) if mb.get("loss_mask") is not None
+                                   else None, attention_mask=mb["attention_mask"].to(self.dev))
+            ce = out.aux["ce"]
+            share = count.sum().item() / max(global_tokens, 1) * self.info.world   # ranks' grads are averaged
+            loss = ce * share + (out.loss - ce) / len(micro_batches)
+            loss.backward()
+            add_stream_losses(stream_sum, stream_tok, mb, out)
+            sums += torch.tensor([ce.item() * count.sum().item(), mb["attention_mask"].sum().item(),
+                                  0 if images is None else images.shape[0],
+                                  out.aux.get("moe_balance", torch.zeros(())).item() / len(micro_batches),
+                                  out.aux.get("moe_z", torch.zeros(())).item() / len(micro_batches)],
+                                 dtype=torch.float64)
+            self.skipped.update(mb.get("skipped") or {})
+        for t in (sums, stream_sum, stream_tok):
+            D.all_reduce(t)
+        if self.info.enabled:   # MoE terms were averaged per rank: average them over ranks as well
+            sums[3:] /= self.info.world
+        loss = sums[0].item() / max(global_tokens, 1)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip or math.inf)
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+        finite = math.isfinite(loss) and math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+            self.bad_run = 0
+        else:
+            self.bad_run, self.bad_total = self.bad_run + 1, self.bad_total + 1
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+        self.step += 1
+        if not finite and self.bad_run >= self.cfg.max_bad_steps:
+            raise TrainingError(
+                f"loss or gradient was non-finite for {self.bad_run} steps in a row (steps "
+                f"{self.step - self.bad_run + 1}..{self.step}); stopped without saving. The last good checkpoint is "
+                f"{self.last_ckpt or 'none (no checkpoint was written yet)'}. Try a lower optim.lr, "
+                f"precision=fp32, or check the data of those steps.")
+        streams = {k: (stream_sum[i] / stream_tok[i]).item() for i, k in enumerate(STREAM_KEYS) if stream_tok[i] > 0}
+        return dict(loss=loss, lr=lr, grad_norm=grad_norm, tokens=sums[1].item(), images=sums[2].item(),
+                    moe_balance=sums[3].item(), moe_z=sums[4].item(), finite=float(finite),
+                    time=time.perf_counter() - t0, **{f"stream/{k}": v for k, v in streams.items()})
+
+    def _sync_grads(self, last: bool) -> None:
+        """Reduce gradients only on the last micro-batch of a step (DDP / FSDP2), saving communication."""
+        if self.mode == "ddp":
+            self.wrapped.require_backward_grad_sync = last
+        elif self.mode == "fsdp":
+            self.wrapped.set_requires_gradient_sync(last)
+
+    def _record(self, window: list[dict[str, float]]) -> dict[str, Any]:
+        """One metrics record averaged over the steps since the last one (non-finite steps left out)."""
+        good = [w for w in window if w["finite"]] or window
+        mean = lambda key: sum(w[key] for w in good) / len(good)   # noqa: E731
+        elapsed = sum(w["time"] for w in window)
+        record: dict[str, Any] = dict(step=self.step, loss=mean("loss"), lr=window[-1]["lr"],
+                                      grad_norm=mean("grad_norm"),
+                                      tokens_per_s=sum(w["tokens"] for w in window) / max(elapsed, 1e-9),
+                                      images_per_s=sum(w["images"] for w in window) / max(elapsed, 1e-9),
+                                      step_time=elapsed / len(window))
+        streams = {k.split("/", 1)[1]: sum(w[k] for w in good if k in w) / sum(k in w for w in good)
+                   for k in sorted({k for w in good for k in w if k.startswith("stream/")})}
+        record["stream_loss"] = streams
+        record["lr_parts"] = {g["name"]: g["lr"] for g in self.optimizer.param_groups if g["name"].endswith(".decay")}
+        if self.model_cfg.lm.moe is not None:
+            record.update(moe_balance=mean("moe_balance"), moe_z=mean("moe_z"))
+        record.update(skipped=dict(self.skipped), nonfinite_steps=self.bad_total)
+        return record
+
+    # ---- checkpoints -----------------------------------------------------------------------------------
+    def save(self, record: dict[str, Any] | None = None) -> None:
+        """Write a checkpoint of the current step (rank 0 writes; every rank takes part in gathering)."""
+        weights, optim = D.gather_state(self.wrapped, self.optimizer)
+        if self.info.is_main:
+            state = dict(step=self.step, schedule=self.schedule.state_dict(), data=self.batches.state_dict(),
+                         rng=rng_state(), skipped=dict(self.skipped), bad_run=self.bad_run, bad_total=self.bad_total)
+            import yaml
+            self.last_ckpt = save_checkpoint(
+                self.ckpt_root, self.step, weights=weights, model_config_json=self.model_cfg.to_json(),
+                train_config_yaml=yaml.safe_dump(self.cfg.to_dict(), sort_keys=False), optimizer=optim,
+                state=state, meta=dict(time=time.time(), metrics=record or {}), keep=self.cfg.checkpoint.keep)
+        D.barrier()
+        self.last_ckpt = find_checkpoint(self.ckpt_root)
+
+    def _restore(self, ckpt) -> None:
+        D.load_state(self.wrapped, self.optimizer, ckpt.weights, ckpt.optimizer)
+        s = ckpt.state
+        self.schedule.load_state_dict(s["schedule"])
+        self.batches.load_state_dict(s["data"])
+        set_rng_state(s["rng"])
+        self.step, self.bad_run, self.bad_total = int(s["step"]), int(s["bad_run"]), int(s["bad_total"])
+        self.skipped = Counter(s["skipped"])
+
+    # ---- Ctrl-C ----------------------------------------------------------------------------------------
+    def _install_sigint(self):
+        """First Ctrl-C: finish the step, checkpoint, stop. Second: abort at once (KeyboardInterrupt)."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            print("\nCtrl-C: stopping after this step with a checkpoint (press again to abort)", flush=True)
+        return signal.signal(signal.SIGINT, handler)
+
+    def _stop_agreed(self) -> bool:
+        """Every rank stops at the same step if any rank was interrupted."""
+        flag = torch.tensor([float(self.stop_requested)])
+        return bool(D.all_reduce(flag, op="max").item()) if self.info.enabled else self.stop_requested
