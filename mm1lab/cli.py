@@ -32,23 +32,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_presets)
 
     p = sub.add_parser("demo", help="the main job: build, train, evaluate and probe the tiny model")
-    p.add_argument("--quick", action="store_true", help="a seconds-long check instead of the full demo")
+    p.add_argument("--quick", action="store_true", help="a seconds-long model tour instead of the full demo")
+    p.add_argument("--smoke", action="store_true", help="the whole pipeline in SMOKE mode (tiny steps; for tests)")
+    p.add_argument("--out", default="papermill_runs", help="where the demo folder goes (default: papermill_runs)")
     p.set_defaults(func=_demo)
 
-    try:
-        from mm1lab.data.cli import add_data_commands
-    except ImportError:   # the data package is optional while it is being built
-        pass
-    else:
-        add_data_commands(sub)
-
+    # Each package registers its own subcommands (imported here so `mm1lab presets` starts fast).
+    from mm1lab.bench.cli import add_bench_commands
+    from mm1lab.data.cli import add_data_commands
     from mm1lab.eval.cli import add_eval_commands
     from mm1lab.runner import add_runner_commands
     from mm1lab.train.cli import add_train_commands
 
-    add_train_commands(sub)
-    add_eval_commands(sub)
-    add_runner_commands(sub)
+    for add in (add_data_commands, add_train_commands, add_eval_commands, add_runner_commands, add_bench_commands):
+        add(sub)
     return parser
 
 

@@ -100,7 +100,7 @@ def test_high_res_sub_images(tok, cfg, streams):
 
 def test_packing_keeps_order_and_fits(tok, cfg, streams):
     samples = [streams.caption(i) for i in range(6)] + [streams.text(0)]
-    padded = Collator(tok, cfg)(samples)
+    padded = Collator(tok, cfg, max_len=64)(samples)   # same truncation as the packed rows
     packed = Collator(tok, cfg, pack=True, max_len=64)(samples)
     assert packed["input_ids"].shape[1] <= 64 and packed["input_ids"].shape[0] < len(samples)
     assert torch.equal(packed["images"], padded["images"])

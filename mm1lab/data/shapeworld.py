@@ -52,7 +52,8 @@ class Difficulty:
     text_prob: float = 0.0                # share of scenes carrying a sign
     text_sizes: tuple[float, ...] = (0.22,)   # text height as a fraction of the image side
     caption_noise: float = 0.1            # share of alt-text captions that are partial or loosely related
-    question_mix: tuple[tuple[str, float], ...] = (("color", 0.4), ("count", 0.4), ("shape", 0.2))
+    # The demo world also asks yes/no existence probes, so SFT teaches refusing to hallucinate (POPE).
+    question_mix: tuple[tuple[str, float], ...] = (("color", 0.35), ("count", 0.35), ("shape", 0.15), ("pope", 0.15))
 
     def __post_init__(self) -> None:
         checks = [(1 <= self.min_objects <= self.max_objects <= 12, "need 1 <= min_objects <= max_objects <= 12"),

@@ -207,7 +207,8 @@ def sft_turns(scenes: list[Scene], rng: random.Random, difficulty: Difficulty) -
 
     if len(scenes) == 2:
         q, short, full = compare(scenes, rng)
-        return turn(q, full, 2)
+        as_short = rng.random() < 0.5   # "first" / "second" / "same", or the sentence with the counts
+        return turn(q, short if as_short else full, 2, short=as_short)
     scene, turns, asked = scenes[0], [], set()
     for i in range(rng.choice((1, 1, 2, 3))):
         for _ in range(5):   # avoid asking the same question twice in one conversation
