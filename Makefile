@@ -34,8 +34,9 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check mm1lab tests
 
+# Two pytest workers with one torch thread each: two threads per worker would oversubscribe 2 cores.
 test: lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 lab: setup
 	$(BIN)/jupyter lab --notebook-dir=notebooks --MappingKernelManager.default_kernel_name=mm1lab

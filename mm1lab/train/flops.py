@@ -5,7 +5,7 @@ backward = 3x forward, the usual 6 x params per token) from the tokens/s and ima
 The peak is not a datasheet number: `matmul_peak` times large matrix multiplies in the same process and dtype,
 so a CPU shared with other jobs gets a peak measured under the same conditions.
 
-    python -m mm1lab.train.flops --preset tiny --steps 6      # the benchmark in docs/benchmarks_train.md
+    python -m mm1lab.train.flops --preset tiny --steps 6      # the benchmark in docs/benchmarks.md
 """
 
 from __future__ import annotations

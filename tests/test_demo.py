@@ -1,0 +1,39 @@
+"""The main job, end to end in SMOKE mode: four notebooks through the runner, a summary beside baselines."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("demo")
+def test_demo_pipeline_runs_every_stage_and_writes_the_summary(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "mm1lab", "demo", "--smoke", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (folder,) = tmp_path.glob("*-demo")
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["smoke"] is True
+    assert list(summary["runs"]) == ["02_pretrain", "03_sft", "04_evaluate", "05_probe"]
+    for name in summary["runs"]:
+        assert (folder / name / f"{name}.ipynb").exists()
+        assert json.loads((folder / name / "status.json").read_text())["status"] == "ok"
+    assert {"sft/color@0shot", "sft/count@0shot", "pretrain/color@0shot"} <= set(summary["tasks"])
+    for task in summary["tasks"].values():
+        assert 0 <= task["score"] and 0 <= task["baseline"] and task["n"] > 0
+    assert any(f.endswith("attention.png") for f in summary["figures"])
+    # Every stage is in the run index, and the printed summary names scores, baselines and the folder.
+    index = [json.loads(line) for line in (tmp_path / "index.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in index] == ["02_pretrain", "03_sft", "04_evaluate", "05_probe"]
+    assert "baseline" in done.stdout and str(folder.resolve()) in done.stdout
+
+
+def test_quick_demo_tours_the_model_and_prints_the_presets():
+    done = subprocess.run([sys.executable, "-m", "mm1lab", "demo", "--quick"], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "connector tokens" in done.stdout and "mm1-7b-moe" in done.stdout
