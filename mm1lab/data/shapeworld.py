@@ -52,9 +52,10 @@ class Difficulty:
     text_prob: float = 0.0                # share of scenes carrying a sign
     text_sizes: tuple[float, ...] = (0.22,)   # text height as a fraction of the image side
     caption_noise: float = 0.1            # share of alt-text captions that are partial or loosely related
-    # Counting gets the largest share: it is the slowest skill to appear (colour is learned almost for free). The
-    # demo world also asks yes/no existence probes, so SFT teaches refusing to hallucinate (POPE).
-    question_mix: tuple[tuple[str, float], ...] = (("color", 0.25), ("count", 0.45), ("shape", 0.15), ("pope", 0.15))
+    # Counting gets the largest share, with step-by-step answers that name every object: it is the slowest skill to
+    # appear (colour is learned almost for free). Yes/no existence probes teach refusing to hallucinate (POPE).
+    question_mix: tuple[tuple[str, float], ...] = (("color", 0.2), ("count", 0.35), ("count_steps", 0.15),
+                                                   ("shape", 0.15), ("pope", 0.15))
 
     def __post_init__(self) -> None:
         checks = [(1 <= self.min_objects <= self.max_objects <= 12, "need 1 <= min_objects <= max_objects <= 12"),
