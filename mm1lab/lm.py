@@ -13,13 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from mm1lab.config import LMConfig
 from mm1lab.moe import MoE, RouterInfo
-from mm1lab.nn import RMSNorm, SwiGLU
+from mm1lab.nn import RMSNorm, SwiGLU, attention
 
 
 class KVCache:
@@ -86,8 +85,7 @@ class Attention(nn.Module):
             y, attn = self._explicit(q, k, v, mask, causal)
         else:
             attn = None
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                               enable_gqa=self.kv_heads != self.heads)
+            y = attention(q, k, v, mask=mask, causal=causal, enable_gqa=self.kv_heads != self.heads)
         return self.o_proj(rearrange(y, 'b h n d -> b n (h d)')), attn
 
     def _explicit(self, q, k, v, mask, causal) -> tuple[Tensor, Tensor]:
@@ -150,11 +148,12 @@ class DecoderLM(nn.Module):
             self.lm_head.weight = self.embed.weight
 
     def forward(self, embeds: Tensor, positions: Tensor, *, cache: KVCache | None = None,
-                key_mask: Tensor | None = None, logits_to_keep: int = 0,
+                key_mask: Tensor | None = None, logits_to_keep: int = 0, head: bool = True,
                 return_attention: bool = False) -> LMOutput:
         """Run the decoder on input embeddings (b, n, d) at integer `positions` (b, n).
 
         key_mask: (b, s) bool over cached + new positions, False for padding (left-padded prompts).
+        head: False skips the LM head (logits stay empty); the caller applies `lm_head` to the rows it needs.
         """
         n = embeds.shape[1]
         past = cache.length if cache is not None else 0
@@ -171,7 +170,10 @@ class DecoderLM(nn.Module):
         if cache is not None:
             cache.length += n
         x = self.norm(x)
-        logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)
+        if not head:
+            logits = x.new_empty(0)
+        else:
+            logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)
         return LMOutput(logits=logits, hidden=x, attentions=attentions, routers=routers)
 
     @staticmethod

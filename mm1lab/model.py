@@ -98,7 +98,7 @@ class MM1Model(nn.Module):
     def forward(self, input_ids: Tensor, images: Tensor | list | None = None, *, labels: Tensor | None = None,
                 loss_mask: Tensor | None = None, attention_mask: Tensor | None = None,
                 position_ids: Tensor | None = None, cache: KVCache | None = None, logits_to_keep: int = 0,
-                return_attention: bool = False) -> MM1Output:
+                return_attention: bool = False, return_logits: bool = True) -> MM1Output:
         """Logits for `input_ids` (b, n), with `images` (N, c, H, W) filling the placeholders.
 
         labels: (b, n) targets, not shifted (the model shifts); IGNORE (-100), image placeholders and padding
@@ -106,6 +106,9 @@ class MM1Model(nn.Module):
         attention_mask: (b, past + n) bool over cached and new positions, False on padding.
         return_attention: also return attention maps,
             encoder and connector intermediates (slower: attention is materialised).
+        return_logits: False (training, with `labels`) runs the LM head only on the positions that take a loss and
+            leaves `logits` empty. Image placeholders are up to half of a pre-training row, so this saves up to
+            half of the head's matmul and of the softmax over the vocabulary.
         """
         images = self._check_inputs(input_ids, images, past=cache.length if cache is not None else 0)
         out = MM1Output(logits=input_ids.new_empty(0))
@@ -124,14 +127,17 @@ class MM1Model(nn.Module):
                              f"tokens it must cover {past + n}")
         if position_ids is None:
             position_ids = positions_from_mask(key_mask, input_ids, past=past)
+        if not return_logits and labels is None:
+            raise ValueError("return_logits=False needs labels: without a loss there is nothing to return")
         lm_out = self.lm(embeds, position_ids, cache=cache, key_mask=key_mask, logits_to_keep=logits_to_keep,
-                         return_attention=return_attention)
+                         head=return_logits, return_attention=return_attention)
         out.logits, out.lm_attentions, out.routers = lm_out.logits, lm_out.attentions, lm_out.routers
         if labels is not None:
-            self._loss(out, input_ids, labels, loss_mask, None if key_mask is None else key_mask[:, past:])
+            self._loss(out, input_ids, labels, loss_mask, None if key_mask is None else key_mask[:, past:],
+                       hidden=None if return_logits else lm_out.hidden)
         return out
 
-    def _loss(self, out: MM1Output, input_ids, labels, loss_mask, attention_mask) -> None:
+    def _loss(self, out: MM1Output, input_ids, labels, loss_mask, attention_mask, *, hidden=None) -> None:
         labels = labels.masked_fill(input_ids == self.cfg.image_token_id, IGNORE)
         if loss_mask is not None:
             labels = labels.masked_fill(~loss_mask.bool(), IGNORE)
@@ -141,10 +147,16 @@ class MM1Model(nn.Module):
         # logits (and a zero-filled logits-sized gradient in backward); rows of (b n, v) keep the softmax over a
         # contiguous axis, ~2x faster on CPU than over v in (b, v, n).
         targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE)
-        token_loss = F.cross_entropy(rearrange(out.logits.float(), 'b n v -> (b n) v'),
-                                     rearrange(targets, 'b n -> (b n)'), ignore_index=IGNORE, reduction="none")
-        token_loss = rearrange(token_loss, '(b n) -> b n', b=targets.shape[0])
         counted = (targets != IGNORE).float()
+        if hidden is None:
+            token_loss = F.cross_entropy(rearrange(out.logits.float(), 'b n v -> (b n) v'),
+                                         rearrange(targets, 'b n -> (b n)'), ignore_index=IGNORE, reduction="none")
+            token_loss = rearrange(token_loss, '(b n) -> b n', b=targets.shape[0])
+        else:   # the head only where a loss is taken; the other positions' losses are 0, as with ignore_index
+            rows = targets != IGNORE
+            logits = self.lm.lm_head(hidden[rows])
+            token_loss = hidden.new_zeros(targets.shape, dtype=torch.float32).masked_scatter(
+                rows, F.cross_entropy(logits.float(), targets[rows], reduction="none"))
         ce = token_loss.sum() / counted.sum().clamp(min=1)
         out.sample_loss = token_loss.sum(1) / counted.sum(1).clamp(min=1)
         out.token_loss, out.token_counted = token_loss, targets != IGNORE

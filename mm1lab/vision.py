@@ -18,7 +18,7 @@ from einops import pack, rearrange, repeat, unpack
 from torch import Tensor, nn
 
 from mm1lab.config import ConfigError, VisionConfig
-from mm1lab.nn import MLP
+from mm1lab.nn import MLP, attention
 
 
 class Attention(nn.Module):
@@ -35,7 +35,7 @@ class Attention(nn.Module):
             attn = torch.softmax(torch.einsum('bhid,bhjd->bhij', q, k) * q.shape[-1] ** -0.5, dim=-1)
             y = attn @ v
         else:
-            attn, y = None, F.scaled_dot_product_attention(q, k, v)
+            attn, y = None, attention(q, k, v)
         return self.out(rearrange(y, 'b h n d -> b n (h d)')), attn
 
 

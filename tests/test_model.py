@@ -142,6 +142,33 @@ def test_loss_counts_only_text_and_masked_tokens():
     torch.testing.assert_close(masked.loss, manual)
 
 
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_head_on_loss_positions_only_equals_the_full_logits_path(masked):
+    """`return_logits=False` (the trainer's path) gives the same losses and gradients as computing every logit."""
+    cfg = tiny_config()
+    model = MM1Model(cfg)
+    ids, images = batch_with_images(cfg)
+    mask = torch.zeros_like(ids, dtype=torch.bool)
+    mask[:, -7:] = True
+    results = []
+    for return_logits in (True, False):
+        model.zero_grad()
+        out = model(ids, images, labels=ids, loss_mask=mask if masked else None, return_logits=return_logits)
+        out.loss.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        results.append((out, grads))
+    (full, full_grads), (sliced, sliced_grads) = results
+    assert sliced.logits.numel() == 0
+    torch.testing.assert_close(sliced.loss, full.loss)
+    torch.testing.assert_close(sliced.token_loss, full.token_loss)
+    torch.testing.assert_close(sliced.sample_loss, full.sample_loss)
+    assert len(sliced_grads) == len(full_grads)
+    for a, b in zip(sliced_grads, full_grads):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="return_logits=False needs labels"):
+        model(ids, images, return_logits=False)
+
 def test_gradients_reach_all_parts_and_freezing_removes_them():
     cfg = tiny_config("c-abstractor")
     model = MM1Model(cfg)

@@ -74,3 +74,19 @@ def test_patchify_is_batch_independent_and_uses_every_pixel():
 def test_bad_pixels_raise_clear_errors(bad, message):
     with pytest.raises(ValueError, match=message):
         VisionEncoder(CFG)(bad)
+
+
+@pytest.mark.parametrize("n", [65, 300])       # below and above the CPU math/flash switch
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_kernel_choice_keeps_the_result(n, causal):
+    """`mm1lab.nn.attention` in bf16 (math kernel for short sequences on CPU, flash for long) agrees with fp32 SDPA."""
+    from mm1lab.nn import attention
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, n, 16, generator=g)
+    k, v = (torch.randn(2, 2, n, 16, generator=g) for _ in range(2))
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+    low = attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), causal=causal, enable_gqa=True)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref, atol=3e-2, rtol=3e-2)
+    torch.testing.assert_close(attention(q, k, v, causal=causal, enable_gqa=True), ref)

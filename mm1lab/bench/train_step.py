@@ -76,7 +76,7 @@ def autocast(precision: str):
 
 def ours_step(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Loss of mm1lab's model on `batch`."""
-    return model(batch["input_ids"], images=batch["images"], labels=batch["labels"]).loss
+    return model(batch["input_ids"], images=batch["images"], labels=batch["labels"], return_logits=False).loss
 
 
 def peer_step(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

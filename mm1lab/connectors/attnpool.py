@@ -9,12 +9,12 @@ b - batch, n - patches, k - output tokens (queries), h - heads, c - features per
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import einsum, rearrange, repeat
 from torch import Tensor, nn
 
 from mm1lab.config import ConfigError, ConnectorConfig
 from mm1lab.connectors.registry import ConnectorInfo, register_connector
+from mm1lab.nn import attention
 
 
 @register_connector("attnpool")
@@ -49,14 +49,14 @@ class AttnPoolConnector(nn.Module):
         k = rearrange(self.to_k(x), 'b n (h c) -> b h n c', h=self.heads)
         v = rearrange(self.to_v(x), 'b n (h c) -> b h n c', h=self.heads)
         if not return_info:
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = attention(q, k, v)
             return self.proj(rearrange(out, 'b h k c -> b k (h c)'))
 
         # SDPA never materialises the weights, so compute the same softmax by hand when they are asked for.
         scores = einsum(q, k, 'b h k c, b h n c -> b h k n') * q.shape[-1] ** -0.5
-        attention = scores.softmax(dim=-1)
-        out = einsum(attention, v, 'b h k n, b h n c -> b h k c')
+        weights = scores.softmax(dim=-1)
+        out = einsum(weights, v, 'b h k n, b h n c -> b h k c')
         y = self.proj(rearrange(out, 'b h k c -> b k (h c)'))
         # Each head's weights sum to 1 over patches, so their mean does too.
-        regions = attention.mean(dim=1)
-        return y, ConnectorInfo(regions=regions, extras={"attention": attention})
+        regions = weights.mean(dim=1)
+        return y, ConnectorInfo(regions=regions, extras={"attention": weights})

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from mm1lab.config import ConfigError, ConnectorConfig
 from mm1lab.connectors.registry import ConnectorInfo, register_connector
-from mm1lab.nn import MLP
+from mm1lab.nn import MLP, attention
 
 # Ported from Honeybee's DAbstractor, https://github.com/kakaobrain/honeybee/blob/main/honeybee/projectors.py,
 # which stacks transformers' DeformableDetrDecoderLayer (post-norm). Here: pre-norm layers plus a final norm,
@@ -92,7 +92,7 @@ class DecoderLayer(nn.Module):
         # As in DETR, the query position goes into queries and keys (where to look), not into values (what is read).
         q, k = rearrange(self.to_qk(h + pos), 'b k (two h c) -> two b h k c', two=2, h=self.heads)
         v = rearrange(self.to_v(h), 'b k (h c) -> b h k c', h=self.heads)
-        x = x + self.to_out(rearrange(F.scaled_dot_product_attention(q, k, v), 'b h k c -> b k (h c)'))
+        x = x + self.to_out(rearrange(attention(q, k, v), 'b h k c -> b k (h c)'))
         h, points, weights = self.cross(self.norm2(x) + pos, value, reference)
         x = x + h
         return x + self.ffn(self.norm3(x)), points, weights

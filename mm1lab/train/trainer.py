@@ -192,7 +192,7 @@ class Trainer:
             with autocast:
                 out = self.forward(mb["input_ids"].to(self.dev), images, labels=mb["labels"].to(self.dev),
                                    loss_mask=mb["loss_mask"].to(self.dev) if mb.get("loss_mask") is not None
-                                   else None, attention_mask=mb["attention_mask"].to(self.dev))
+                                   else None, attention_mask=mb["attention_mask"].to(self.dev), return_logits=False)
             ce = out.aux["ce"]
             share = count.sum().item() / max(global_tokens, 1) * self.info.world   # ranks' grads are averaged
             loss = ce * share + (out.loss - ce) / len(micro_batches)
