@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mm1lab.decode_step import PackedDecoder
 from mm1lab.lm import KVCache
 from mm1lab.model import positions_from_mask
 
@@ -40,24 +41,27 @@ def sample_next(logits: Tensor, *, temperature: float, top_p: float, generator: 
 def generate(model, input_ids: Tensor, images: Tensor | list | None = None, *, attention_mask: Tensor | None = None,
              max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
              stop_tokens: list[int] | None = None, generator: torch.Generator | None = None,
-             return_logits: bool = False):
+             return_logits: bool = False, packed: bool = True):
     """Generate up to `max_new_tokens` after each prompt; returns the new tokens (b, t), `pad` after a stop.
 
     input_ids: (b, n) prompts, left-padded when their lengths differ (see `left_pad`), with `attention_mask`.
     stop_tokens: ids that end a sequence (default: eos); the stop token itself is kept in the output.
     return_logits: also return the logits (b, t, v) each token was chosen from.
+    packed: run decode steps through `mm1lab.decode_step.PackedDecoder` (faster; holds a stacked copy of the
+        q/k/v and gate/up weights); False runs every step through `model.forward`.
     """
     # inference_mode skips autograd's version counters and view tracking (cheaper per op than no_grad); the
     # results are cloned on the way out so callers may use them in autograd later (e.g. train on the samples).
     with torch.inference_mode():
         new, scores = _generate(model, input_ids, images, attention_mask=attention_mask,
                                 max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                stop_tokens=stop_tokens, generator=generator, return_logits=return_logits)
+                                stop_tokens=stop_tokens, generator=generator, return_logits=return_logits,
+                                packed=packed)
     return (new.clone(), scores.clone()) if return_logits else new.clone()
 
 
 def _generate(model, input_ids, images, *, attention_mask, max_new_tokens, temperature, top_p, stop_tokens,
-              generator, return_logits) -> tuple[Tensor, Tensor | None]:
+              generator, return_logits, packed) -> tuple[Tensor, Tensor | None]:
     cfg = model.cfg
     b, n = input_ids.shape
     if attention_mask is None:
@@ -75,12 +79,14 @@ def _generate(model, input_ids, images, *, attention_mask, max_new_tokens, tempe
     banned = torch.tensor([cfg.image_token_id, cfg.pad_token_id], device=input_ids.device)
 
     out = model(input_ids, images, attention_mask=attention_mask, cache=cache, logits_to_keep=1)
+    logits = out.logits[:, -1]
+    decoder = PackedDecoder.of(model.lm) if packed else None
     positions = positions_from_mask(attention_mask, input_ids)[:, -1]
     padded = not bool(attention_mask.all())   # without padding, decode steps need no mask (positions suffice)
     done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
     tokens, scores = [], []
     for step in range(max_new_tokens):
-        logits = out.logits[:, -1].float()
+        logits = logits.float()
         scores.append(logits)
         logits = logits.index_fill(-1, banned, float("-inf"))
         nxt = sample_next(logits, temperature=temperature, top_p=top_p, generator=generator)
@@ -92,6 +98,9 @@ def _generate(model, input_ids, images, *, attention_mask, max_new_tokens, tempe
         if padded:
             attention_mask = torch.cat([attention_mask, torch.ones(b, 1, dtype=torch.bool, device=done.device)], 1)
         positions = positions + 1
-        out = model(nxt[:, None], attention_mask=attention_mask if padded else None,
-                    position_ids=positions[:, None], cache=cache)
+        if decoder is not None:
+            logits = decoder(nxt, positions, cache, key_mask=attention_mask if padded else None)
+        else:
+            logits = model(nxt[:, None], attention_mask=attention_mask if padded else None,
+                           position_ids=positions[:, None], cache=cache).logits[:, -1]
     return torch.stack(tokens, 1), torch.stack(scores, 1) if return_logits else None

@@ -17,8 +17,10 @@ CPU_LOW_PRECISION_MATH_BELOW = 160
 def attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None = None, causal: bool = False,
               enable_gqa: bool = False) -> Tensor:
     """`F.scaled_dot_product_attention` with the faster CPU kernel for low-precision short sequences."""
-    if (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
-            and k.shape[-2] < CPU_LOW_PRECISION_MATH_BELOW):
+    # Under autocast SDPA runs in the autocast dtype whatever q's dtype (fp32 after RoPE's fp32 tables).
+    cpu = q.device.type == "cpu"
+    dtype = torch.get_autocast_dtype("cpu") if cpu and torch.is_autocast_enabled("cpu") else q.dtype
+    if cpu and dtype in (torch.bfloat16, torch.float16) and k.shape[-2] < CPU_LOW_PRECISION_MATH_BELOW:
         with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=enable_gqa)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=enable_gqa)

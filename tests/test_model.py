@@ -102,6 +102,45 @@ def test_left_padded_batch_generates_what_each_prompt_generates_alone():
         assert row.tolist() == alone[0].tolist()
 
 
+@pytest.mark.parametrize("variant", ["dense", "moe", "qkv_bias", "bf16"])
+def test_packed_decode_step_gives_the_module_path_logits(variant):
+    """`PackedDecoder` (stacked q/k/v and gate/up) == `model.forward` step by step, left padding included."""
+    cfg = tiny_config(moe=dict(num_experts=4, top_k=2, every=2) if variant == "moe" else None,
+                      qkv_bias=variant == "qkv_bias")
+    model = MM1Model(cfg).eval()
+    if variant == "qkv_bias":   # non-zero biases, so a dropped or misplaced bias shows
+        for block in model.lm.layers:
+            torch.nn.init.normal_(block.attn.q_proj.bias)
+            torch.nn.init.normal_(block.attn.v_proj.bias)
+    if variant == "bf16":
+        model.to(torch.bfloat16)
+    ids, mask = left_pad([[5, 6, 7, 8, 9, 10], [11, 12, 13]], pad_id=0)
+    runs = [model.generate(ids, attention_mask=mask, max_new_tokens=6, stop_tokens=[], return_logits=True,
+                           packed=packed) for packed in (True, False)]
+    (fast_tokens, fast_logits), (slow_tokens, slow_logits) = runs
+    tol = 2e-2 if variant == "bf16" else 1e-5
+    torch.testing.assert_close(fast_logits, slow_logits, atol=tol, rtol=tol)
+    if variant != "bf16":
+        assert fast_tokens.tolist() == slow_tokens.tolist()
+
+
+def test_packed_decoder_is_rebuilt_after_the_weights_change():
+    from mm1lab.decode_step import PackedDecoder
+
+    model = MM1Model(tiny_config()).eval()
+    ids = torch.randint(10, 64, (1, 6))
+    model.generate(ids, max_new_tokens=2)
+    packed = PackedDecoder.of(model.lm)
+    assert PackedDecoder.of(model.lm) is packed          # cached while nothing changed
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(ids, labels=ids).loss.backward()
+    opt.step()                                           # in-place update: the packed copy is stale
+    assert PackedDecoder.of(model.lm) is not packed
+    _, fast = model.generate(ids, max_new_tokens=4, stop_tokens=[], return_logits=True)
+    _, slow = model.generate(ids, max_new_tokens=4, stop_tokens=[], return_logits=True, packed=False)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
 def test_generation_stops_pads_and_never_emits_placeholders():
     cfg = tiny_config()
     model = MM1Model(cfg).eval()

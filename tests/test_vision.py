@@ -90,3 +90,20 @@ def test_attention_kernel_choice_keeps_the_result(n, causal):
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low.float(), ref, atol=3e-2, rtol=3e-2)
     torch.testing.assert_close(attention(q, k, v, causal=causal, enable_gqa=True), ref)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_short_low_precision_attention_on_cpu_takes_the_math_kernel(autocast):
+    """The kernel switch holds under autocast too, where q arrives in fp32 but SDPA runs in bf16."""
+    from torch.profiler import profile
+
+    from mm1lab.nn import attention
+
+    q, k, v = (torch.randn(2, 4, 65, 16) for _ in range(3))
+    if not autocast:
+        q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
+    with profile() as prof, torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        attention(q, k, v, causal=True)
+    ops = {event.key for event in prof.key_averages()}
+    assert not any("flash" in op for op in ops), ops
+    assert any("math" in op for op in ops), ops
