@@ -26,6 +26,7 @@ SUMMARY_KEYS = (
     "train_tokens_per_s_peer_bf16", "train_ratio_fp32", "train_ratio_bf16", "mfu_ours_fp32", "mfu_ours_bf16",
     "decode_tokens_per_s_ours_b1", "decode_tokens_per_s_peer_b1", "decode_tokens_per_s_ours_b8",
     "decode_tokens_per_s_peer_b8", "decode_ratio_b1", "decode_ratio_b8", "decode_floor_ratio_ours_b1",
+    "decode_read_floor_ratio_ours_b1", "decode_peak_mem_growth_mib_ours", "decode_peak_mem_growth_mib_peer",
     "prefill_s_ours_b1", "peak_mem_growth_mib_ours_fp32", "peak_mem_growth_mib_peer_fp32",
     "data_samples_per_s_workers0", "data_samples_per_s_workers2",
 )

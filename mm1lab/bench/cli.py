@@ -20,7 +20,7 @@ def _bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     only = tuple(s.strip() for s in args.only.split(",") if s.strip()) if args.only else None
     log = None if args.json else (lambda msg: print(f"[bench] {msg}", file=sys.stderr, flush=True))
-    results = run_suite(quick=args.quick, only=only, log=log)
+    results = run_suite(quick=args.quick, only=only, compile=args.compile, log=log)
     print(json.dumps(results, indent=2) if args.json else format_report(results))
     return 0
 
@@ -32,6 +32,8 @@ def add_bench_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="smoke sizes: seconds, not minutes (figures are not final)")
     p.add_argument("--only", default=None, help=f"comma-separated sections of {','.join(SECTIONS)} (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time our model under torch.compile (default: on for full runs, off with --quick)")
     p.set_defaults(func=_bench)
     return p
 

@@ -45,8 +45,13 @@ def _params(cfg: MM1Config) -> dict[str, Any]:
     return {"ours": ours, "peer": peer, "equal": ours == peer}
 
 
-def run_suite(quick: bool = False, only: tuple[str, ...] | None = None, *, log=None) -> dict[str, Any]:
-    """Run the selected sections (all by default); `quick` shrinks everything to a seconds-long smoke run."""
+def run_suite(quick: bool = False, only: tuple[str, ...] | None = None, *, compile: bool | None = None,
+              log=None) -> dict[str, Any]:
+    """Run the selected sections (all by default); `quick` shrinks everything to a seconds-long smoke run.
+
+    compile: also time our model under `torch.compile` ('ours_compiled'); default: on for full runs (compiling
+    takes 30-70 s per config and precision on 2 cores), off for quick ones.
+    """
     from mm1lab.bench import decode, machine, pipeline, train_step
 
     only = tuple(only or SECTIONS)
@@ -55,6 +60,8 @@ def run_suite(quick: bool = False, only: tuple[str, ...] | None = None, *, log=N
         raise ValueError(f"unknown bench section(s) {unknown}; choose from {', '.join(SECTIONS)}")
     say = log or (lambda msg: None)
     impls = ("ours", "peer") if "peer" in only else ("ours",)
+    compile = (not quick) if compile is None else compile
+    train_impls = (*impls, "ours_compiled") if compile else impls
     cfgs = configs(quick)
     results: dict[str, Any] = {"meta": {
         "date": datetime.date.today().isoformat(), "quick": quick, "sections": list(only),
@@ -81,7 +88,7 @@ def run_suite(quick: bool = False, only: tuple[str, ...] | None = None, *, log=N
             say(f"train: {name}")
             shape = dict(batch=2, text_tokens=16) if quick else dict(batch=8, text_tokens=64)
             rounds = dict(rounds=1, per_round=1) if quick else dict(rounds=3, per_round=2 if name == "tiny" else 1)
-            results["train"][name] = train_step.train_bench(cfg, **shape, **rounds, impls=impls, peaks=peaks)
+            results["train"][name] = train_step.train_bench(cfg, **shape, **rounds, impls=train_impls, peaks=peaks)
             say(f"memory: {name}")
             precisions = ("fp32",) if quick else ("fp32", "bf16")
             results["memory"][name] = {f"{impl}_{p}": train_step.peak_memory(impl, cfg, **shape, precision=p)
@@ -93,14 +100,21 @@ def run_suite(quick: bool = False, only: tuple[str, ...] | None = None, *, log=N
     if "decode" in only:
         results["decode"] = {}
         bandwidth = results.get("machine", {}).get("copy_bandwidth_gbs")
+        read_bandwidth = results.get("machine", {}).get("read_bandwidth_gbs")
+        results["memory_decode"] = {}
         for name, cfg in cfgs.items():
             for b in (1, 8):
                 say(f"decode: {name} batch {b}")
                 shape = dict(text_tokens=4, new_tokens=3, rounds=1) if quick else dict(text_tokens=16,
                                                                                       new_tokens=32, rounds=2)
                 dec_impls = impls if quick else (*impls, "ours_bf16")
-                results["decode"][f"{name}_b{b}"] = decode.decode_bench(cfg, batch=b, impls=dec_impls,
-                                                                        bandwidth_gbs=bandwidth, **shape)
+                results["decode"][f"{name}_b{b}"] = decode.decode_bench(
+                    cfg, batch=b, impls=dec_impls, bandwidth_gbs=bandwidth, read_bandwidth_gbs=read_bandwidth, **shape)
+            say(f"memory: {name} decode")   # greedy, in a fresh process each
+            mem_batch = 2 if quick else 8
+            results["memory_decode"][name] = {impl: dict(batch=mem_batch, **train_step.peak_memory(
+                impl, cfg, batch=mem_batch, text_tokens=shape["text_tokens"], steps=shape["new_tokens"],
+                task="decode")) for impl in impls}
     if "data" in only:
         say("data: pipeline samples/s")
         results["data"] = pipeline.pipeline_bench(cfgs["tiny"], batch_size=8 if quick else 16,
@@ -125,15 +139,18 @@ def summarize(results: dict[str, Any]) -> dict[str, float | str]:
         name = "mid" if "mid" in train else "tiny"
         s["train_config"] = name
         for p in ("fp32", "bf16"):
-            for impl in ("ours", "peer"):
+            for impl in ("ours", "ours_compiled", "peer"):
                 row = train[name].get(f"{impl}_{p}")
                 if row:
                     s[f"train_tokens_per_s_{impl}_{p}"] = row["tokens_per_s"]
                     s[f"train_images_per_s_{impl}_{p}"] = row["images_per_s"]
                     if "mfu" in row:
                         s[f"mfu_{impl}_{p}"] = row["mfu"]
-            if f"ratio_{p}" in train[name]:
-                s[f"train_ratio_{p}"] = train[name][f"ratio_{p}"]
+            for key in (f"ratio_{p}", f"ratio_compiled_{p}"):
+                if key in train[name]:
+                    s[f"train_{key}"] = train[name][key]
+            if f"ours_compiled_{p}" in train[name]:
+                s[f"compile_first_step_s_{p}"] = train[name][f"ours_compiled_{p}"]["first_step_s"]
         best = train[name].get("faster_precision")
         if best and "peer_fp32" in train[name]:   # ours at its faster precision vs the peer as users run it (fp32)
             s["train_ratio_best_vs_peer_fp32"] = (train[name][f"ours_{best}"]["tokens_per_s"]
@@ -154,11 +171,14 @@ def summarize(results: dict[str, Any]) -> dict[str, float | str]:
                     s[f"prefill_s_{impl}_b{b}"] = row[impl]["prefill_s"]
             if "ratio" in row:
                 s[f"decode_ratio_b{b}"] = row["ratio"]
-            if "floor_ratio" in row["ours"]:
-                s[f"decode_floor_ratio_ours_b{b}"] = row["ours"]["floor_ratio"]
+            for key in ("floor_ratio", "read_floor_ratio"):
+                if key in row["ours"]:
+                    s[f"decode_{key}_ours_b{b}"] = row["ours"][key]
             if "ours_bf16" in row and "peer" in row:
                 s[f"decode_ratio_bf16_weights_b{b}"] = (row["ours_bf16"]["decode_tokens_per_s"]
                                                        / row["peer"]["decode_tokens_per_s"])
+    for impl, m in results.get("memory_decode", {}).get(name if decode else "", {}).items():
+        s[f"decode_peak_mem_growth_mib_{impl}"] = m["peak_growth_mib"]
     data = results.get("data", {})
     for key, value in data.items():
         if key.startswith("samples_per_s"):
@@ -196,11 +216,12 @@ def format_report(results: dict[str, Any]) -> str:
     if "train" in results:
         lines += ["## Training step (forward + backward + AdamW)", "",
                   "| config | precision | impl | step s (best / median) | tokens/s | images/s | MFU | loss@init "
-                  "| peak RSS growth MiB |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                  "| first step s | peak RSS growth MiB |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for name, t in results["train"].items():
             mem = results.get("memory", {}).get(name, {})
             for p in ("fp32", "bf16"):
-                for impl in ("ours", "peer"):
+                for impl in ("ours", "ours_compiled", "peer"):
                     row = t.get(f"{impl}_{p}")
                     if not row:
                         continue
@@ -209,11 +230,14 @@ def format_report(results: dict[str, Any]) -> str:
                                  f"| {_fmt(row['step_s'])} / {_fmt(row['step_median_s'])} "
                                  f"| {_fmt(row['tokens_per_s'])} | {_fmt(row['images_per_s'])} "
                                  f"| {_fmt(row.get('mfu', float('nan')))} | {_fmt(row['loss_init'])} "
-                                 f"| {_fmt(m) if m is not None else '-'} |")
+                                 f"| {_fmt(row['first_step_s'])} | {_fmt(m) if m is not None else '-'} |")
         lines.append("")
         ratios = [f"{name} {p}: **{t[f'ratio_{p}']:.2f}x** (median-round {t[f'ratio_{p}_median']:.2f}x, "
                   f"CPU-time {t[f'ratio_{p}_cpu']:.2f}x)"
                   for name, t in results["train"].items() for p in ("fp32", "bf16") if f"ratio_{p}" in t]
+        ratios += [f"{name} {p} compiled: **{t[f'ratio_compiled_{p}']:.2f}x** "
+                   f"(CPU-time {t[f'ratio_compiled_{p}_cpu']:.2f}x)"
+                   for name, t in results["train"].items() for p in ("fp32", "bf16") if f"ratio_compiled_{p}" in t]
         if ratios:
             lines += ["Training throughput ours/peer: " + "; ".join(ratios) + ".", ""]
         faster = [f"{name}: {t['faster_precision']}" for name, t in results["train"].items() if "faster_precision" in t]
@@ -227,20 +251,26 @@ def format_report(results: dict[str, Any]) -> str:
                   f"{a['loss_bf16_last']:.4f} (from {a['loss_fp32_first']:.4f}).", ""]
     if "decode" in results:
         lines += ["## Generation (greedy, KV cache)", "",
-                  "| config | batch | impl | prefill s | decode tokens/s | step / bandwidth floor |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "| config | batch | impl | prefill s | decode tokens/s | step / copy-bandwidth floor "
+                  "| step / read-bandwidth floor |", "| --- | --- | --- | --- | --- | --- | --- |"]
         for key, d in results["decode"].items():
             for impl in ("ours", "ours_bf16", "peer"):
                 if impl in d:
                     r = d[impl]
                     lines.append(f"| {key.rsplit('_b', 1)[0]} (prompt {d['prompt_tokens']}, +{d['new_tokens']}) "
                                  f"| {d['batch']} | {impl} | {_fmt(r['prefill_s'])} "
-                                 f"| {_fmt(r['decode_tokens_per_s'])} | {_fmt(r.get('floor_ratio', float('nan')))} |")
+                                 f"| {_fmt(r['decode_tokens_per_s'])} | {_fmt(r.get('floor_ratio', float('nan')))} "
+                                 f"| {_fmt(r.get('read_floor_ratio', float('nan')))} |")
         lines.append("")
         ratios = [f"{k}: **{d['ratio']:.2f}x** (prefill {d['prefill_ratio']:.2f}x)"
                   for k, d in results["decode"].items() if "ratio" in d]
         if ratios:
             lines += ["Decode tokens/s ours/peer: " + "; ".join(ratios) + ".", ""]
+        mems = [f"{name} (batch {next(iter(per.values()))['batch']}): "
+                + ", ".join(f"{impl} {_fmt(m['peak_growth_mib'])} MiB" for impl, m in per.items())
+                for name, per in results.get("memory_decode", {}).items()]
+        if mems:
+            lines += ["Peak RSS growth while generating (fresh process each): " + "; ".join(mems) + ".", ""]
     if "data" in results:
         d = results["data"]
         rates = ", ".join(f"{k.rsplit('workers', 1)[1]} workers: {_fmt(v)} samples/s"

@@ -75,7 +75,7 @@ def autocast(precision: str):
 
 
 def ours_step(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Loss of mm1lab's model on `batch`."""
+    """Loss of mm1lab's model on `batch`, as the trainer computes it (the LM head only where a loss is taken)."""
     return model(batch["input_ids"], images=batch["images"], labels=batch["labels"], return_logits=False).loss
 
 
@@ -86,13 +86,17 @@ def peer_step(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def build(impl: str, cfg: MM1Config, *, seed: int = 0) -> torch.nn.Module:
-    """Our model ('ours') or the peer ('peer') at `cfg`, in training mode."""
+    """Our model ('ours'), ours under `torch.compile` ('ours_compiled', what `compile: true` in a training config
+    runs; compilation happens on the first step) or the peer ('peer') at `cfg`, in training mode."""
     if impl == "peer":
         from mm1lab.bench.peer import build_peer
         return build_peer(cfg, seed=seed).train()
     from mm1lab.model import MM1Model
     torch.manual_seed(seed)
-    return MM1Model(cfg).train()
+    model = MM1Model(cfg).train()
+    if impl == "ours_compiled":
+        model.compile()
+    return model
 
 
 def stepper(impl: str, model, opt, batch, precision: str) -> Callable[[], float]:
@@ -115,7 +119,11 @@ def interleaved_times(steps: dict[str, Callable[[], float]], *, rounds: int, per
 
     Also the process CPU seconds per step (best round), steadier than wall time when other jobs share the cores.
     """
-    losses = {name: [fn() for _ in range(warmup)] for name, fn in steps.items()}
+    first, losses = {}, {}
+    for name, fn in steps.items():   # the first call pays one-off costs (torch.compile compiles here)
+        start = time.perf_counter()
+        losses[name] = [fn() for _ in range(warmup)]
+        first[name] = time.perf_counter() - start
     times: dict[str, list[float]] = {name: [] for name in steps}
     cpu: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(rounds):
@@ -126,7 +134,7 @@ def interleaved_times(steps: dict[str, Callable[[], float]], *, rounds: int, per
             times[name].append((time.perf_counter() - start) / per_round)
             cpu[name].append((time.process_time() - start_cpu) / per_round)
     return {name: {"best_s": min(t), "median_s": statistics.median(t), "cpu_s": min(cpu[name]),
-                   "losses": losses[name]} for name, t in times.items()}
+                   "first_s": first[name], "losses": losses[name]} for name, t in times.items()}
 
 
 def train_bench(cfg: MM1Config, *, batch: int, text_tokens: int, precisions=("fp32", "bf16"), impls=("ours", "peer"),
@@ -149,7 +157,7 @@ def train_bench(cfg: MM1Config, *, batch: int, text_tokens: int, precisions=("fp
             row = {"step_s": t["best_s"], "step_median_s": t["median_s"], "step_cpu_s": t["cpu_s"],
                    "tokens_per_s": tokens / t["best_s"],
                    "images_per_s": batch / t["best_s"], "loss_init": t["losses"][0],
-                   "achieved_gflops": flops / t["best_s"] / 1e9}
+                   "achieved_gflops": flops / t["best_s"] / 1e9, "first_step_s": t["first_s"]}
             if peaks:
                 row["mfu"] = row["achieved_gflops"] / peaks[precision]
             results[f"{impl}_{precision}"] = row
@@ -158,6 +166,10 @@ def train_bench(cfg: MM1Config, *, batch: int, text_tokens: int, precisions=("fp
             results[f"ratio_{precision}"] = ours["tokens_per_s"] / peer["tokens_per_s"]
             results[f"ratio_{precision}_median"] = peer["step_median_s"] / ours["step_median_s"]
             results[f"ratio_{precision}_cpu"] = peer["step_cpu_s"] / ours["step_cpu_s"]
+        if {"ours_compiled", "peer"} <= set(impls):
+            compiled, peer = results[f"ours_compiled_{precision}"], results[f"peer_{precision}"]
+            results[f"ratio_compiled_{precision}"] = compiled["tokens_per_s"] / peer["tokens_per_s"]
+            results[f"ratio_compiled_{precision}_cpu"] = peer["step_cpu_s"] / compiled["step_cpu_s"]
     if "ours_fp32" in results and "ours_bf16" in results:
         faster = "bf16" if results["ours_bf16"]["tokens_per_s"] > results["ours_fp32"]["tokens_per_s"] else "fp32"
         results["faster_precision"] = faster
@@ -209,9 +221,11 @@ def _status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def peak_memory_child(impl: str, cfg_json: str, batch: int, text_tokens: int, precision: str, steps: int) -> dict:
-    """Run in a fresh process: after imports, reset VmHWM (/proc/self/clear_refs); build the model, train `steps`
-    steps; return the peak RSS (VmHWM) and its growth over the RSS before the model was built, in MiB."""
+def peak_memory_child(impl: str, cfg_json: str, batch: int, text_tokens: int, precision: str, steps: int,
+                      task: str = "train") -> dict:
+    """Run in a fresh process: after imports, reset VmHWM (/proc/self/clear_refs); build the model, then train
+    `steps` steps (task "train") or generate `steps` tokens greedily (task "decode"); return the peak RSS (VmHWM)
+    and its growth over the RSS before the model was built, in MiB."""
     import transformers  # noqa: F401  (both impls pay the same import, so it cancels out of the baseline)
 
     cfg = MM1Config.from_json(cfg_json)
@@ -219,15 +233,21 @@ def peak_memory_child(impl: str, cfg_json: str, batch: int, text_tokens: int, pr
     reset = _reset_peak()
     base = _status_kib("VmRSS")
     model = build(impl, cfg)
-    step = stepper(impl, model, make_optimizer(model), data, precision)
-    for _ in range(steps):
-        step()
+    if task == "decode":
+        from mm1lab.bench.decode import _generate
+
+        with torch.inference_mode():
+            _generate(impl, model.eval(), data, steps)
+    else:
+        step = stepper(impl, model, make_optimizer(model), data, precision)
+        for _ in range(steps):
+            step()
     peak = _status_kib("VmHWM")   # without the reset this includes the import peak: an overestimate
     return {"peak_rss_mib": peak / 1024, "peak_growth_mib": (peak - base) / 1024, "hwm_reset": reset}
 
 
 def peak_memory(impl: str, cfg: MM1Config, *, batch: int, text_tokens: int, precision: str = "fp32",
-                steps: int = 2) -> dict[str, Any]:
+                steps: int = 2, task: str = "train") -> dict[str, Any]:
     """`peak_memory_child` in a fresh `python` subprocess (torch's allocator is invisible to tracemalloc)."""
     import json
     import subprocess
@@ -235,7 +255,7 @@ def peak_memory(impl: str, cfg: MM1Config, *, batch: int, text_tokens: int, prec
 
     code = ("import json, sys; from mm1lab.bench.train_step import peak_memory_child as f; "
             "print(json.dumps(f(*json.loads(sys.argv[1]))))")
-    args = json.dumps([impl, cfg.to_json(), batch, text_tokens, precision, steps])
+    args = json.dumps([impl, cfg.to_json(), batch, text_tokens, precision, steps, task])
     out = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"peak-memory subprocess for {impl} failed:\n{out.stderr[-2000:]}")
