@@ -277,3 +277,23 @@ def test_image_size_not_a_multiple_of_the_patch_raises():
     ids, _ = batch_with_images(cfg)
     with pytest.raises(ConfigError, match="multiple of the patch size 8"):
         model(ids, torch.randn(3, 3, 30, 30))
+
+
+def test_compiled_model_trains_like_the_eager_one():
+    """`torch.compile` (the trainer's `compile: true`, the bench's 'ours_compiled'): same loss and gradients."""
+    cfg = tiny_config()
+    eager = MM1Model(cfg)
+    compiled = MM1Model(cfg)
+    compiled.load_state_dict(eager.state_dict())
+    compiled.compile()
+    ids, images = batch_with_images(cfg)
+    losses, grads = [], []
+    for model in (eager, compiled):
+        out = model(ids, images, labels=ids, return_logits=False)
+        out.loss.backward()
+        losses.append(out.loss)
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
+    assert grads[0].keys() == grads[1].keys()
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-4, rtol=1e-4, msg=name)
