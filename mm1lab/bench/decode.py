@@ -49,8 +49,16 @@ def weight_bytes_per_step(cfg: MM1Config, *, batch: int, context: int, bytes_per
 
 def decode_bench(cfg: MM1Config, *, batch: int, text_tokens: int = 16, new_tokens: int = 32,
                  impls=("ours", "peer"), rounds: int = 2, bandwidth_gbs: float | None = None,
-                 read_bandwidth_gbs: float | None = None) -> dict[str, Any]:
-    """Prefill seconds and decode tokens/s of each impl (best of `rounds`), plus the bandwidth floor."""
+                 read_bandwidth_gbs: float | None = None, measure_bandwidth: bool = False) -> dict[str, Any]:
+    """Prefill seconds and decode tokens/s of each impl (best of `rounds`), plus the bandwidth floor.
+
+    measure_bandwidth: measure copy and read bandwidth in every round, between the generations (the best over
+    rounds and the figures passed in),
+    and use those for the floor instead of the figures passed in: memory bandwidth on a shared machine drifts
+    over minutes, so the floor is taken side by side with the decoding it bounds.
+    """
+    from mm1lab.bench.machine import copy_bandwidth, read_bandwidth
+
     data = make_batch(cfg, batch=batch, text_tokens=text_tokens)
     models = {impl: build(impl.removesuffix("_bf16"), cfg).eval() for impl in impls}
     for impl in impls:   # "ours_bf16": our model with bf16 weights and KV cache (half the bytes per token)
@@ -61,6 +69,9 @@ def decode_bench(cfg: MM1Config, *, batch: int, text_tokens: int = 16, new_token
         for impl, model in models.items():   # warm-up (first-call allocations, HF generation config set-up)
             _generate(impl, model, data, 2)
         for _ in range(rounds):
+            if measure_bandwidth:
+                bandwidth_gbs = max(bandwidth_gbs or 0.0, copy_bandwidth(repeats=3))
+                read_bandwidth_gbs = max(read_bandwidth_gbs or 0.0, read_bandwidth(repeats=3))
             for impl, model in models.items():
                 for key, n in (("t1", 1), ("tn", new_tokens)):
                     start = time.perf_counter()
@@ -68,7 +79,8 @@ def decode_bench(cfg: MM1Config, *, batch: int, text_tokens: int = 16, new_token
                     best[impl][key] = min(best[impl][key], time.perf_counter() - start)
                     assert out.shape == (batch, n), f"{impl} generated {tuple(out.shape)}, expected {(batch, n)}"
     prompt = data["input_ids"].shape[1]
-    result: dict[str, Any] = {"batch": batch, "prompt_tokens": prompt, "new_tokens": new_tokens}
+    result: dict[str, Any] = {"batch": batch, "prompt_tokens": prompt, "new_tokens": new_tokens,
+                              "copy_bandwidth_gbs": bandwidth_gbs, "read_bandwidth_gbs": read_bandwidth_gbs}
     for impl in impls:
         tn, t1 = best[impl]["tn"], best[impl]["t1"]
         noisy = tn - t1 < 0.05 * tn   # load spikes swamped the difference: fall back to an upper bound

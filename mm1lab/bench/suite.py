@@ -106,10 +106,11 @@ def run_suite(quick: bool = False, only: tuple[str, ...] | None = None, *, compi
             for b in (1, 8):
                 say(f"decode: {name} batch {b}")
                 shape = dict(text_tokens=4, new_tokens=3, rounds=1) if quick else dict(text_tokens=16,
-                                                                                      new_tokens=32, rounds=2)
+                                                                                      new_tokens=32, rounds=4)
                 dec_impls = impls if quick else (*impls, "ours_bf16")
                 results["decode"][f"{name}_b{b}"] = decode.decode_bench(
-                    cfg, batch=b, impls=dec_impls, bandwidth_gbs=bandwidth, read_bandwidth_gbs=read_bandwidth, **shape)
+                    cfg, batch=b, impls=dec_impls, bandwidth_gbs=bandwidth, read_bandwidth_gbs=read_bandwidth,
+                    measure_bandwidth=not quick, **shape)
             say(f"memory: {name} decode")   # greedy, in a fresh process each
             mem_batch = 2 if quick else 8
             results["memory_decode"][name] = {impl: dict(batch=mem_batch, **train_step.peak_memory(
@@ -266,6 +267,11 @@ def format_report(results: dict[str, Any]) -> str:
                   for k, d in results["decode"].items() if "ratio" in d]
         if ratios:
             lines += ["Decode tokens/s ours/peer: " + "; ".join(ratios) + ".", ""]
+        bws = [f"{k} {_fmt(d['copy_bandwidth_gbs'])} / {_fmt(d['read_bandwidth_gbs'])}"
+               for k, d in results["decode"].items() if d.get("copy_bandwidth_gbs") and d.get("read_bandwidth_gbs")]
+        if bws:
+            lines += ["Bandwidth behind each floor, copy / read GB/s (measured between the generations): "
+                      + "; ".join(bws) + ".", ""]
         mems = [f"{name} (batch {next(iter(per.values()))['batch']}): "
                 + ", ".join(f"{impl} {_fmt(m['peak_growth_mib'])} MiB" for impl, m in per.items())
                 for name, per in results.get("memory_decode", {}).items()]
