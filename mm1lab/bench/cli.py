@@ -33,7 +33,7 @@ def add_bench_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--only", default=None, help=f"comma-separated sections of {','.join(SECTIONS)} (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="also time our model under torch.compile (default: on for full runs, off with --quick)")
+                   help="also time both models under torch.compile (default: on for full runs, off with --quick)")
     p.set_defaults(func=_bench)
     return p
 

@@ -49,8 +49,8 @@ def run_suite(quick: bool = False, only: tuple[str, ...] | None = None, *, compi
               log=None) -> dict[str, Any]:
     """Run the selected sections (all by default); `quick` shrinks everything to a seconds-long smoke run.
 
-    compile: also time our model under `torch.compile` ('ours_compiled'); default: on for full runs (compiling
-    takes 30-70 s per config and precision on 2 cores), off for quick ones.
+    compile: also time both models under `torch.compile` ('ours_compiled', 'peer_compiled'); default: on for full
+    runs (compiling takes 15-80 s per model, config and precision on 2 cores), off for quick ones.
     """
     from mm1lab.bench import decode, machine, pipeline, train_step
 
@@ -61,7 +61,7 @@ def run_suite(quick: bool = False, only: tuple[str, ...] | None = None, *, compi
     say = log or (lambda msg: None)
     impls = ("ours", "peer") if "peer" in only else ("ours",)
     compile = (not quick) if compile is None else compile
-    train_impls = (*impls, "ours_compiled") if compile else impls
+    train_impls = (*impls, "ours_compiled", *(("peer_compiled",) if "peer" in impls else ())) if compile else impls
     cfgs = configs(quick)
     results: dict[str, Any] = {"meta": {
         "date": datetime.date.today().isoformat(), "quick": quick, "sections": list(only),
@@ -140,14 +140,14 @@ def summarize(results: dict[str, Any]) -> dict[str, float | str]:
         name = "mid" if "mid" in train else "tiny"
         s["train_config"] = name
         for p in ("fp32", "bf16"):
-            for impl in ("ours", "ours_compiled", "peer"):
+            for impl in ("ours", "ours_compiled", "peer", "peer_compiled"):
                 row = train[name].get(f"{impl}_{p}")
                 if row:
                     s[f"train_tokens_per_s_{impl}_{p}"] = row["tokens_per_s"]
                     s[f"train_images_per_s_{impl}_{p}"] = row["images_per_s"]
                     if "mfu" in row:
                         s[f"mfu_{impl}_{p}"] = row["mfu"]
-            for key in (f"ratio_{p}", f"ratio_compiled_{p}"):
+            for key in (f"ratio_{p}", f"ratio_compiled_{p}", f"ratio_both_compiled_{p}"):
                 if key in train[name]:
                     s[f"train_{key}"] = train[name][key]
             if f"ours_compiled_{p}" in train[name]:
@@ -222,7 +222,7 @@ def format_report(results: dict[str, Any]) -> str:
         for name, t in results["train"].items():
             mem = results.get("memory", {}).get(name, {})
             for p in ("fp32", "bf16"):
-                for impl in ("ours", "ours_compiled", "peer"):
+                for impl in ("ours", "ours_compiled", "peer", "peer_compiled"):
                     row = t.get(f"{impl}_{p}")
                     if not row:
                         continue
@@ -239,6 +239,9 @@ def format_report(results: dict[str, Any]) -> str:
         ratios += [f"{name} {p} compiled: **{t[f'ratio_compiled_{p}']:.2f}x** "
                    f"(CPU-time {t[f'ratio_compiled_{p}_cpu']:.2f}x)"
                    for name, t in results["train"].items() for p in ("fp32", "bf16") if f"ratio_compiled_{p}" in t]
+        ratios += [f"{name} {p} both compiled: **{t[f'ratio_both_compiled_{p}']:.2f}x**"
+                   for name, t in results["train"].items() for p in ("fp32", "bf16")
+                   if f"ratio_both_compiled_{p}" in t]
         if ratios:
             lines += ["Training throughput ours/peer: " + "; ".join(ratios) + ".", ""]
         faster = [f"{name}: {t['faster_precision']}" for name, t in results["train"].items() if "faster_precision" in t]

@@ -86,11 +86,14 @@ def peer_step(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def build(impl: str, cfg: MM1Config, *, seed: int = 0) -> torch.nn.Module:
-    """Our model ('ours'), ours under `torch.compile` ('ours_compiled', what `compile: true` in a training config
-    runs; compilation happens on the first step) or the peer ('peer') at `cfg`, in training mode."""
-    if impl == "peer":
+    """Our model ('ours'), the peer ('peer'), or either under `torch.compile` ('ours_compiled', 'peer_compiled';
+    compilation happens on the first step) at `cfg`, in training mode."""
+    if impl in ("peer", "peer_compiled"):
         from mm1lab.bench.peer import build_peer
-        return build_peer(cfg, seed=seed).train()
+        model = build_peer(cfg, seed=seed).train()
+        if impl == "peer_compiled":
+            model.compile()
+        return model
     from mm1lab.model import MM1Model
     torch.manual_seed(seed)
     model = MM1Model(cfg).train()
@@ -101,7 +104,7 @@ def build(impl: str, cfg: MM1Config, *, seed: int = 0) -> torch.nn.Module:
 
 def stepper(impl: str, model, opt, batch, precision: str) -> Callable[[], float]:
     """A closure running one forward + backward + optimizer step; returns the loss."""
-    loss_fn = peer_step if impl == "peer" else ours_step
+    loss_fn = peer_step if impl.startswith("peer") else ours_step
 
     def step() -> float:
         with autocast(precision):
@@ -170,6 +173,9 @@ def train_bench(cfg: MM1Config, *, batch: int, text_tokens: int, precisions=("fp
             compiled, peer = results[f"ours_compiled_{precision}"], results[f"peer_{precision}"]
             results[f"ratio_compiled_{precision}"] = compiled["tokens_per_s"] / peer["tokens_per_s"]
             results[f"ratio_compiled_{precision}_cpu"] = peer["step_cpu_s"] / compiled["step_cpu_s"]
+        if {"ours_compiled", "peer_compiled"} <= set(impls):
+            compiled, peer = results[f"ours_compiled_{precision}"], results[f"peer_compiled_{precision}"]
+            results[f"ratio_both_compiled_{precision}"] = compiled["tokens_per_s"] / peer["tokens_per_s"]
     if "ours_fp32" in results and "ours_bf16" in results:
         faster = "bf16" if results["ours_bf16"]["tokens_per_s"] > results["ours_fp32"]["tokens_per_s"] else "fp32"
         results["faster_precision"] = faster
