@@ -88,7 +88,8 @@ def run_suite(quick: bool = False, only: tuple[str, ...] | None = None, *, compi
             say(f"train: {name}")
             shape = dict(batch=2, text_tokens=16) if quick else dict(batch=8, text_tokens=64)
             rounds = dict(rounds=1, per_round=1) if quick else dict(rounds=3, per_round=2 if name == "tiny" else 1)
-            results["train"][name] = train_step.train_bench(cfg, **shape, **rounds, impls=train_impls, peaks=peaks)
+            results["train"][name] = train_step.train_bench(cfg, **shape, **rounds, impls=train_impls, peaks=peaks,
+                                                            measure_peaks=not quick)
             say(f"memory: {name}")
             precisions = ("fp32",) if quick else ("fp32", "bf16")
             results["memory"][name] = {f"{impl}_{p}": train_step.peak_memory(impl, cfg, **shape, precision=p)
@@ -244,6 +245,11 @@ def format_report(results: dict[str, Any]) -> str:
                    if f"ratio_both_compiled_{p}" in t]
         if ratios:
             lines += ["Training throughput ours/peer: " + "; ".join(ratios) + ".", ""]
+        peaks = [f"{name} {p} {_fmt(t[f'matmul_peak_{p}_gflops'])}" for name, t in results["train"].items()
+                 for p in ("fp32", "bf16") if f"matmul_peak_{p}_gflops" in t]
+        if peaks:
+            lines += ["Matmul peak behind each MFU, GFLOP/s (the higher of the start-of-run figure and one measured "
+                      "right after the steps): " + "; ".join(peaks) + ".", ""]
         faster = [f"{name}: {t['faster_precision']}" for name, t in results["train"].items() if "faster_precision" in t]
         if faster:
             lines += ["Faster precision for ours: " + ", ".join(faster) + ".", ""]

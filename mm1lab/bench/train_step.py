@@ -142,26 +142,40 @@ def interleaved_times(steps: dict[str, Callable[[], float]], *, rounds: int, per
 
 def train_bench(cfg: MM1Config, *, batch: int, text_tokens: int, precisions=("fp32", "bf16"), impls=("ours", "peer"),
                 optimizer: str = "fused", rounds: int = 3, per_round: int = 2,
-                peaks: dict[str, float] | None = None) -> dict[str, Any]:
-    """Tokens/s, images/s, MFU and loss at init of each impl x precision, all timed interleaved in this process."""
+                peaks: dict[str, float] | None = None, measure_peaks: bool = False) -> dict[str, Any]:
+    """Tokens/s, images/s, MFU and loss at init of each impl x precision, all timed interleaved in this process.
+
+    peaks: matmul GFLOP/s per precision for MFU. measure_peaks: also measure them right after each precision's
+    steps and divide by the higher of the two figures (the stricter MFU).
+    """
     data = make_batch(cfg, batch=batch, text_tokens=text_tokens)
     flops = model_flops(cfg, data)
     tokens = data["input_ids"].numel()
     results: dict[str, Any] = {"batch": batch, "tokens_per_sample": data["input_ids"].shape[1],
                                "image_tokens_per_sample": cfg.image_tokens, "model_gflops_per_step": flops / 1e9,
                                "optimizer": f"AdamW({optimizer})"}
+    if measure_peaks:
+        from mm1lab.bench.machine import matmul_peak
+    peaks = dict(peaks or {})
     for precision in precisions:
+        # Dynamo keeps a bounded cache of compiled variants per code object; after a few configs it silently falls
+        # back to eager. A reset per (config, precision) makes every compiled row a fresh compile.
+        torch._dynamo.reset()
         steps = {}
         for impl in impls:
             model = build(impl, cfg)
             steps[impl] = stepper(impl, model, make_optimizer(model, optimizer), data, precision)
         timed = interleaved_times(steps, rounds=rounds, per_round=per_round)
+        if measure_peaks:   # side by side with the steps it divides (the machine drifts over minutes)
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            peaks[precision] = max(peaks.get(precision, 0.0), matmul_peak(dtype, repeats=3)["gflops"])
+            results[f"matmul_peak_{precision}_gflops"] = peaks[precision]
         for impl, t in timed.items():
             row = {"step_s": t["best_s"], "step_median_s": t["median_s"], "step_cpu_s": t["cpu_s"],
                    "tokens_per_s": tokens / t["best_s"],
                    "images_per_s": batch / t["best_s"], "loss_init": t["losses"][0],
                    "achieved_gflops": flops / t["best_s"] / 1e9, "first_step_s": t["first_s"]}
-            if peaks:
+            if precision in peaks:
                 row["mfu"] = row["achieved_gflops"] / peaks[precision]
             results[f"{impl}_{precision}"] = row
         if {"ours", "peer"} <= set(impls):
