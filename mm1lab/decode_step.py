@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mm1lab.lm import DecoderLM, KVCache
+from mm1lab.lm import DecoderLM, KVCache, rotate_half
 from mm1lab.nn import SwiGLU
 
 
@@ -34,7 +34,7 @@ class PackedDecoder:
 
     def __init__(self, lm: DecoderLM):
         cfg = lm.cfg
-        self.lm, self.eps = lm, cfg.norm_eps
+        self.lm = lm
         self.heads, self.kv_heads, self.head_dim = cfg.heads, cfg.n_kv_heads, cfg.head_dim
         self.layers = []
         for block in lm.layers:
@@ -58,11 +58,6 @@ class PackedDecoder:
             lm.__dict__["_packed_decoder"] = packed   # a plain attribute: not a submodule, not in the state dict
         return packed
 
-    def _norm(self, x: Tensor, weight: Tensor) -> Tensor:
-        """RMSNorm as in `mm1lab.nn.RMSNorm` (fp32 statistics, then the weight)."""
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * weight
-
     def __call__(self, tokens: Tensor, positions: Tensor, cache: KVCache, *,
                  key_mask: Tensor | None = None) -> Tensor:
         """tokens, positions: (b,); key_mask: (b, s) bool over cached + new positions (left padding) or None."""
@@ -71,22 +66,19 @@ class PackedDecoder:
         b, t = x.shape[0], cache.length
         if t + 1 > cache.max_len:
             raise ValueError(f"KV cache holds {cache.max_len} positions; writing up to {t + 1}")
-        freqs = positions[:, None].float() * lm.rotary.inv_freq           # (b, d/2)
-        angles = torch.cat([freqs, freqs], -1)[:, None]                   # (b, 1, d): broadcast over heads
-        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        cos, sin = (t[:, :, 0] for t in lm.rotary(positions[:, None], x.dtype))   # (b, 1, d): 1 broadcasts heads
         mask = None if key_mask is None else key_mask[:, None, None, :t + 1]   # (b, 1, 1, s)
         for i, layer in enumerate(self.layers):
             block = layer["block"]
-            qkv = F.linear(self._norm(x, block.attn_norm.weight), *layer["qkv"])
+            qkv = F.linear(block.attn_norm(x), *layer["qkv"])
             qk = qkv[:, :(h + g) * d].view(b, h + g, d)                   # queries and keys share the rotation
-            first, second = qk.chunk(2, -1)
-            qk = qk * cos + torch.cat([-second, first], -1) * sin
+            qk = qk * cos + rotate_half(qk) * sin
             cache.keys[i][:, :, t] = qk[:, h:]
             cache.values[i][:, :, t] = qkv[:, (h + g) * d:].view(b, g, d)
             y = F.scaled_dot_product_attention(qk[:, :h, None], cache.keys[i][:, :, :t + 1],
                                                cache.values[i][:, :, :t + 1], attn_mask=mask, enable_gqa=g != h)
             x = x + layer["attn"].o_proj(y.view(b, h * d))
-            z = self._norm(x, block.ffn_norm.weight)
+            z = block.ffn_norm(x)
             if layer["gate_up"] is not None:
                 gate, up = F.linear(z, *layer["gate_up"]).chunk(2, -1)
                 x = x + block.ffn.down(F.silu(gate) * up)
@@ -94,4 +86,4 @@ class PackedDecoder:
                 y = block.ffn(z[:, None])
                 x = x + (y[0] if isinstance(y, tuple) else y)[:, 0]
         cache.length += 1
-        return lm.lm_head(self._norm(x, lm.norm.weight))
+        return lm.lm_head(lm.norm(x))
