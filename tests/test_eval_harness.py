@@ -18,16 +18,12 @@ from mm1lab.data.shapeworld import ShapeWorld, get_difficulty
 from mm1lab.data.text import ask
 from mm1lab.data.tokenizer import BOS, EOS, IMAGE, default_samples_dir, load_tokenizer
 from mm1lab.eval.baselines import ConstantPredictor, OraclePredictor
-from mm1lab.eval.harness import (
-    ModelPredictor,
-    eval_config,
-    evaluate,
-    get_suite,
-    score_predictions,
-    shapeworld_items,
-    vqav2_items,
-)
+from mm1lab.eval.harness import evaluate
+from mm1lab.eval.items import shapeworld_items, vqav2_items
+from mm1lab.eval.predictor import ModelPredictor, eval_config
 from mm1lab.eval.report import load_checkpoint_for_eval, plot_report, write_report
+from mm1lab.eval.scoring import score_predictions
+from mm1lab.eval.suites import get_suite
 from mm1lab.model import MM1Model
 
 CLOSED = ("vqa", "color", "count", "shape", "position", "pope", "multi_image")

@@ -1,6 +1,6 @@
 """Reference predictors that share the model's scoring path: an oracle and a constant answerer.
 
-Both follow the `Predictor` protocol of `mm1lab.eval.harness`: called on a batch of eval items they return one
+Both follow the `Predictor` protocol of `mm1lab.eval.predictor`: called on a batch of eval items they return one
 answer string per item, and `score_choices(items)` returns one choice index per item (log-likelihood tasks).
 
 - `OraclePredictor` answers from each item's ground truth, so it scores 100% on every closed-answer task. For

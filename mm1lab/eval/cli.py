@@ -46,7 +46,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def add_eval_commands(subparsers) -> None:
     """Register `eval` on an argparse subparsers object (the `mm1lab` command calls this)."""
-    from mm1lab.eval.harness import SUITES
+    from mm1lab.eval.suites import SUITES
 
     p = subparsers.add_parser("eval", help="evaluate a checkpoint: k-shot / SFT suites, JSON report and figure",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
