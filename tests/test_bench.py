@@ -13,9 +13,12 @@ import sys
 import pytest
 import torch
 
+from mm1lab.bench.common import build, make_batch
+from mm1lab.bench.machine import matmul_peak
 from mm1lab.bench.peer import build_peer, matched_config, parameter_counts
-from mm1lab.bench.train_step import build, make_batch, model_flops, ours_step, peer_step
+from mm1lab.bench.train_step import ours_step, peer_step
 from mm1lab.config import MM1Config
+from mm1lab.flops import batch_flops
 from mm1lab.model import MM1Model
 
 pytest.importorskip("transformers")
@@ -87,4 +90,11 @@ def test_model_flops_counts_the_vit_per_patch():
     cfg = _tiny_llava()
     batch = make_batch(cfg, batch=2, text_tokens=8)
     no_images = dict(batch, images=batch["images"][:0])
-    assert model_flops(cfg, batch) > model_flops(cfg, no_images) > 0
+    assert batch_flops(cfg, batch) > batch_flops(cfg, no_images) > 0
+
+
+def test_matmul_peak_is_gflops_per_second():
+    """The one matmul peak: a {"gflops", "size"} dict, the unit every MFU in mm1lab divides by."""
+    peak = matmul_peak(torch.float32, sizes=(64, 128), repeats=1)
+    assert set(peak) == {"gflops", "size"} and peak["size"] in (64, 128)
+    assert math.isfinite(peak["gflops"]) and peak["gflops"] > 0

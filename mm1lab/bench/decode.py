@@ -22,19 +22,9 @@ from typing import Any
 
 import torch
 
-from mm1lab.bench.train_step import _linear_params, build, make_batch
+from mm1lab.bench.common import build, generate_greedy, make_batch
 from mm1lab.config import MM1Config
-
-
-def _generate(impl: str, model, data: dict[str, torch.Tensor], new_tokens: int) -> torch.Tensor:
-    if impl == "peer":
-        ids = data["input_ids"]
-        out = model.generate(input_ids=ids, pixel_values=data["images"], attention_mask=torch.ones_like(ids),
-                             max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                             pad_token_id=model.config.text_config.pad_token_id)
-        return out[:, ids.shape[1]:]
-    images = data["images"].to(next(model.parameters()).dtype)
-    return model.generate(data["input_ids"], images, max_new_tokens=new_tokens, stop_tokens=[-1])
+from mm1lab.flops import matmul_weights
 
 
 def weight_bytes_per_step(cfg: MM1Config, *, batch: int, context: int, bytes_per_value: int = 4) -> int:
@@ -44,7 +34,7 @@ def weight_bytes_per_step(cfg: MM1Config, *, batch: int, context: int, bytes_per
     with torch.device("meta"):
         lm = MM1Model(cfg).lm
     kv = 2 * cfg.lm.depth * cfg.lm.n_kv_heads * cfg.lm.head_dim * context * batch
-    return (_linear_params(lm) + kv) * bytes_per_value
+    return (matmul_weights(lm) + kv) * bytes_per_value
 
 
 def decode_bench(cfg: MM1Config, *, batch: int, text_tokens: int = 16, new_tokens: int = 32,
@@ -67,7 +57,7 @@ def decode_bench(cfg: MM1Config, *, batch: int, text_tokens: int = 16, new_token
     best: dict[str, dict[str, float]] = {impl: {"t1": float("inf"), "tn": float("inf")} for impl in impls}
     with torch.inference_mode():
         for impl, model in models.items():   # warm-up (first-call allocations, HF generation config set-up)
-            _generate(impl, model, data, 2)
+            generate_greedy(impl, model, data, 2)
         for _ in range(rounds):
             if measure_bandwidth:
                 bandwidth_gbs = max(bandwidth_gbs or 0.0, copy_bandwidth(repeats=3))
@@ -75,7 +65,7 @@ def decode_bench(cfg: MM1Config, *, batch: int, text_tokens: int = 16, new_token
             for impl, model in models.items():
                 for key, n in (("t1", 1), ("tn", new_tokens)):
                     start = time.perf_counter()
-                    out = _generate(impl, model, data, n)
+                    out = generate_greedy(impl, model, data, n)
                     best[impl][key] = min(best[impl][key], time.perf_counter() - start)
                     assert out.shape == (batch, n), f"{impl} generated {tuple(out.shape)}, expected {(batch, n)}"
     prompt = data["input_ids"].shape[1]

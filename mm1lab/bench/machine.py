@@ -1,8 +1,9 @@
 """The machine's own limits, measured in the same run as the model figures: matmul peak and memory bandwidth.
 
-MFU divides achieved model FLOP/s by the matmul peak of the same dtype measured here, and the decode floor divides
-the bytes a generated token must read by the copy bandwidth measured here, so both ratios are against what this
-machine does right now (under load, both peak and model slow down together).
+MFU divides achieved model FLOP/s (`mm1lab.flops`) by the matmul peak of the same dtype measured here, in
+`mm1lab bench` and in the trainer-side `python -m mm1lab.train.flops` alike; the decode floor divides the bytes a
+generated token must read by the copy bandwidth measured here. So both ratios are against what this machine does
+right now (under load, both peak and model slow down together).
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ def best_time(fn, *, repeats: int = 5, min_time: float = 0.05) -> float:
 
 def matmul_peak(dtype: torch.dtype = torch.float32, sizes: tuple[int, ...] = (512, 1024, 2048),
                 repeats: int = 5) -> dict[str, float]:
-    """Best GFLOP/s of an n x n x n matmul (2n^3 FLOPs) over `sizes`; also the size that reached it."""
+    """Best GFLOP/s of an n x n x n matmul (2n^3 FLOPs) over `sizes`: {"gflops": GFLOP/s, "size": that n}.
+
+    The one matmul peak of the package: every MFU in mm1lab divides by its "gflops".
+    """
     best, best_n = 0.0, sizes[0]
     for n in sizes:
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)

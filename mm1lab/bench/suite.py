@@ -291,5 +291,5 @@ def format_report(results: dict[str, Any]) -> str:
         rates = ", ".join(f"{k.rsplit('workers', 1)[1]} workers: {_fmt(v)} samples/s"
                           for k, v in d.items() if k.startswith("samples_per_s"))
         lines += ["## Data pipeline (render + tokenize + collate, no cache)", "",
-                  (rates or d.get("error", "-")) + f" (batch {d['batch_size']}, {d['resolution']} px).", ""]
+                  (rates or "-") + f" (batch {d['batch_size']}, {d['resolution']} px).", ""]
     return "\n".join(lines)

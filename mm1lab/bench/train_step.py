@@ -1,14 +1,8 @@
 """Training-step throughput of mm1lab and of the peer on the same batch, optimizer and precision.
 
-One sample = one image (k = num_patches placeholder ids, LLaVA's convention) followed by text tokens. Both models
-take an identical batch; ours and the peer's steps alternate round by round so machine load hits both alike.
-
-Model FLOPs per step (the MFU numerator), PaLM's convention (matmul FLOPs only, backward = 2x forward):
-    6 * (P_vit * T_vit + P_conn * T_img + P_lm * T_lm)
-    + 12 * (L_vit * d_vit * n_vit * T_vit + L_lm * d_lm * n_lm * T_lm)
-P_vit: ViT matmul weights of the blocks run (all but the last for penultimate features), P_conn: projector,
-P_lm: LM block matmuls + LM head (the embedding lookup is no matmul); T_vit: patch + CLS tokens through the ViT,
-T_img: image tokens, T_lm: LM tokens; the second term is attention scores and values (n = sequence length).
+Both models take an identical batch (`common.make_batch`); ours and the peer's steps alternate round by round so
+machine load hits both alike. MFU = model FLOP/s / matmul peak: the FLOPs per step come from `mm1lab.flops` (the
+formula is in its docstring, independent of either implementation), the peak from `machine.matmul_peak`.
 """
 
 from __future__ import annotations
@@ -22,43 +16,10 @@ from typing import Any
 
 import torch
 
+from mm1lab.bench.common import build, generate_greedy, make_batch
+from mm1lab.bench.machine import matmul_peak
 from mm1lab.config import MM1Config
-
-IGNORE = -100
-
-
-def make_batch(cfg: MM1Config, *, batch: int, text_tokens: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """`batch` samples of [bos, k image placeholders, text]: input_ids, labels (-100 on placeholders), images."""
-    g = torch.Generator().manual_seed(seed)
-    k = cfg.image_tokens
-    text = torch.randint(4, cfg.lm.vocab_size, (batch, text_tokens), generator=g)
-    ids = torch.cat([torch.full((batch, 1), cfg.bos_token_id), torch.full((batch, k), cfg.image_token_id), text], 1)
-    labels = ids.masked_fill(ids == cfg.image_token_id, IGNORE)
-    v = cfg.vision
-    images = torch.randn(batch, v.channels, v.image_size, v.image_size, generator=g)
-    return {"input_ids": ids, "labels": labels, "images": images}
-
-
-def _linear_params(module: torch.nn.Module) -> int:
-    return sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Linear))
-
-
-def model_flops(cfg: MM1Config, batch: dict[str, torch.Tensor]) -> float:
-    """Training FLOPs of one step by the formula in the module docstring (independent of the implementation)."""
-    from mm1lab.model import MM1Model
-
-    with torch.device("meta"):
-        model = MM1Model(cfg)
-    v, lm = cfg.vision, cfg.lm
-    blocks_run = v.depth + v.feature_layer + 1
-    p_vit = _linear_params(model.vision.patch_embed) + sum(_linear_params(b) for b in model.vision.blocks[:blocks_run])
-    p_conn, p_lm = _linear_params(model.connector), _linear_params(model.lm)
-    images, (b, n) = batch["images"].shape[0], batch["input_ids"].shape
-    n_vit = v.num_patches + int(v.cls_token)
-    t_vit, t_img, t_lm = images * n_vit, images * cfg.image_tokens, b * n
-    dense = 6 * (p_vit * t_vit + p_conn * t_img + p_lm * t_lm)
-    attention = 12 * (blocks_run * v.width * n_vit * t_vit + lm.depth * lm.heads * lm.head_dim * n * t_lm)
-    return float(dense + attention)
+from mm1lab.flops import batch_flops
 
 
 def make_optimizer(model: torch.nn.Module, kind: str = "fused") -> torch.optim.Optimizer:
@@ -83,23 +44,6 @@ def peer_step(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Loss of LlavaForConditionalGeneration on `batch`."""
     return model(input_ids=batch["input_ids"], pixel_values=batch["images"], labels=batch["labels"],
                  use_cache=False).loss
-
-
-def build(impl: str, cfg: MM1Config, *, seed: int = 0) -> torch.nn.Module:
-    """Our model ('ours'), the peer ('peer'), or either under `torch.compile` ('ours_compiled', 'peer_compiled';
-    compilation happens on the first step) at `cfg`, in training mode."""
-    if impl in ("peer", "peer_compiled"):
-        from mm1lab.bench.peer import build_peer
-        model = build_peer(cfg, seed=seed).train()
-        if impl == "peer_compiled":
-            model.compile()
-        return model
-    from mm1lab.model import MM1Model
-    torch.manual_seed(seed)
-    model = MM1Model(cfg).train()
-    if impl == "ours_compiled":
-        model.compile()
-    return model
 
 
 def stepper(impl: str, model, opt, batch, precision: str) -> Callable[[], float]:
@@ -149,13 +93,11 @@ def train_bench(cfg: MM1Config, *, batch: int, text_tokens: int, precisions=("fp
     steps and divide by the higher of the two figures (the stricter MFU).
     """
     data = make_batch(cfg, batch=batch, text_tokens=text_tokens)
-    flops = model_flops(cfg, data)
+    flops = batch_flops(cfg, data)
     tokens = data["input_ids"].numel()
     results: dict[str, Any] = {"batch": batch, "tokens_per_sample": data["input_ids"].shape[1],
                                "image_tokens_per_sample": cfg.image_tokens, "model_gflops_per_step": flops / 1e9,
                                "optimizer": f"AdamW({optimizer})"}
-    if measure_peaks:
-        from mm1lab.bench.machine import matmul_peak
     peaks = dict(peaks or {})
     for precision in precisions:
         # Dynamo keeps a bounded cache of compiled variants per code object; after a few configs it silently falls
@@ -254,10 +196,8 @@ def peak_memory_child(impl: str, cfg_json: str, batch: int, text_tokens: int, pr
     base = _status_kib("VmRSS")
     model = build(impl, cfg)
     if task == "decode":
-        from mm1lab.bench.decode import _generate
-
         with torch.inference_mode():
-            _generate(impl, model.eval(), data, steps)
+            generate_greedy(impl, model.eval(), data, steps)
     else:
         step = stepper(impl, model, make_optimizer(model), data, precision)
         for _ in range(steps):

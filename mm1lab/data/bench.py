@@ -12,18 +12,26 @@ import time
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from mm1lab.config import MM1Config
 from mm1lab.data.collate import Collator
 from mm1lab.data.mixture import MixtureDataset
 from mm1lab.data.streams import ShapeWorldStreams, mm1_weights, shapeworld_mixture
-from mm1lab.data.tokenizer import load_tokenizer
+from mm1lab.data.tokenizer import MM1Tokenizer, load_tokenizer
 
 
-def _loader_rate(loader: DataLoader, batches: int, batch_size: int) -> float:
+def loader_rate(dataset: Dataset, cfg: MM1Config, *, workers: int, batch_size: int, batches: int,
+                tokenizer: MM1Tokenizer | None = None) -> float:
+    """Samples/s of `dataset` through a DataLoader with `workers` workers and the `Collator` for `cfg`.
+
+    The one loader timing of mm1lab (`mm1lab data bench` and the `data` section of `mm1lab bench`): `batches`
+    batches after the first, whose time is worker start-up, not throughput.
+    """
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                        collate_fn=Collator(tokenizer or load_tokenizer(), cfg, max_len=cfg.lm.max_seq_len))
     it = iter(loader)
-    next(it)   # worker start-up is not throughput
+    next(it)
     start = time.perf_counter()
     for _ in range(batches):
         next(it)
@@ -68,9 +76,8 @@ def bench_pipeline(*, workers: int = 2, batch_size: int = 16, batches: int = 100
                 sw.prerender((batches + 2) * batch_size)
             weights = mm1_weights()
             ds = MixtureDataset({n: sw.stream(n) for n in weights}, weights)
-            loader = DataLoader(ds, batch_size=batch_size, num_workers=workers,
-                                collate_fn=Collator(tok, cfg, max_len=cfg.lm.max_seq_len))
-            result[label] = round(_loader_rate(loader, batches, batch_size), 1)
+            rate = loader_rate(ds, cfg, workers=workers, batch_size=batch_size, batches=batches, tokenizer=tok)
+            result[label] = round(rate, 1)
         batch = next(iter(DataLoader(shapeworld_mixture(difficulty, resolution, cache=False), batch_size=batch_size,
                                      collate_fn=Collator(tok, cfg))))
     if train_steps:
