@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-CONNECTORS = ("avgpool", "attnpool", "c-abstractor", "d-abstractor", "mlp", "pixel-shuffle")
+PARTS = ("vision", "connector", "lm")   # MM1's three parts: the attribute names on MM1Config and MM1Model
+IGNORE = -100   # label value that takes no loss (the PyTorch / HF convention)
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
 
 
@@ -22,9 +24,85 @@ class ConfigError(ValueError):
     """A config field holds a value that cannot work; the message names the field and the fix."""
 
 
+@dataclass(frozen=True)
+class ConnectorKind:
+    """One row of the connector table: the file that builds it and what the rest of mm1lab needs to know.
+
+    module: the file in `mm1lab/connectors/` that defines and registers it (imported by that package).
+    every_patch: one LM token per patch (k = patches, `num_tokens` ignored); else k = `num_tokens`.
+    fit: how k must fit the patch grid: "pool" (k a perfect square, pooled to sqrt(k) x sqrt(k), at most the
+        grid), "divide" (k a perfect square whose root divides the grid side), or None (any k).
+    regions: what its `ConnectorInfo.regions` hold, the caption of the probe's attention map.
+    """
+
+    module: str
+    every_patch: bool = False
+    fit: str | None = None
+    regions: str = "connector regions"
+
+
+# The connector table. Adding a connector for an ablation: one row here, one file in mm1lab/connectors/.
+CONNECTORS: dict[str, ConnectorKind] = {
+    "avgpool": ConnectorKind(module="avgpool", fit="divide", regions="each token's average-pooled cell"),
+    "attnpool": ConnectorKind(module="attnpool", regions="attention-pooling weights (mean over pooling heads)"),
+    "c-abstractor": ConnectorKind(module="c_abstractor", fit="pool",
+                                  regions="each token's pooled cell (the 3x3 convolutions' halo left out)"),
+    "d-abstractor": ConnectorKind(module="d_abstractor", fit="pool",
+                                  regions="bilinear footprint of the D-Abstractor's sampling points"),
+    "mlp": ConnectorKind(module="mlp", every_patch=True, regions="one token per patch"),
+    "pixel-shuffle": ConnectorKind(module="pixel_shuffle", fit="divide", regions="each token's pixel-shuffle block"),
+}
+FITS = ("pool", "divide", None)
+
+
+def check_connector_fits(kind: str, num_tokens: int, grid: int) -> None:
+    """Raise a ConfigError if `num_tokens` image tokens of connector `kind` cannot come from a grid x grid map."""
+    fit, side = CONNECTORS[kind].fit, math.isqrt(num_tokens)
+    if fit == "divide":
+        _check(grid % side == 0,
+               f"ConnectorConfig.num_tokens={num_tokens}: {kind!r} needs sqrt(num_tokens)={side} to divide the patch "
+               f"grid side {grid}; use one of {[r * r for r in range(1, grid + 1) if grid % r == 0]}")
+    elif fit == "pool":
+        _check(side <= grid,
+               f"ConnectorConfig.num_tokens={num_tokens} pools to {side}x{side}, larger than the {grid}x{grid} "
+               f"patch grid; use at most {grid * grid}")
+
+
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+# Fields renamed since configs were first written: a file with an old name still loads, with a warning.
+RENAMED: dict[str, dict[str, str]] = {
+    "ConnectorConfig": {"hidden": "width"},
+    "MoEConfig": {"expert_ffn_dim": "ffn_dim"},
+}
+
+
+def build(cls: type, data: dict[str, Any], where: str | None = None) -> Any:
+    """`cls(**data)` for a config dataclass, with renamed fields translated and unknown fields named."""
+    name, data = cls.__name__, dict(data)
+    where = where or name
+    for old, new in RENAMED.get(name, {}).items():
+        if old in data:
+            _check(new not in data, f"{where}: both {old!r} (its old name) and {new!r} are set; keep {new!r}")
+            warnings.warn(f"{where}.{old} is now called {new!r}; rename it in your config", FutureWarning,
+                          stacklevel=3)
+            data[new] = data.pop(old)
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(known))
+    _check(not unknown, f"{where}: unknown field(s) {unknown}; known fields are {known}")
+    return cls(**data)
+
+
+def pick(table: dict[str, Any], name: Any, what: str, cls: type | None = None) -> Any:
+    """`table[name]`, or `name` itself when it already is a `cls`; a ValueError lists the choices."""
+    if cls is not None and isinstance(name, cls):
+        return name
+    if name not in table:
+        raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(table)}")
+    return table[name]
 
 
 def _positive(obj: Any, *names: str) -> None:
@@ -86,7 +164,8 @@ class VisionConfig:
         return self.width // self.heads
 
     @property
-    def mlp_dim(self) -> int:
+    def ffn_dim(self) -> int:
+        """Width of each block's MLP (the FFN), `mlp_ratio` x width."""
         return int(self.width * self.mlp_ratio)
 
 
@@ -96,7 +175,7 @@ class ConnectorConfig:
 
     kind: str = "c-abstractor"
     num_tokens: int = 144          # image tokens handed to the LM per image (k); `mlp` keeps every patch
-    hidden: int = 1024             # C-Abstractor / D-Abstractor / MLP hidden width
+    width: int = 1024              # internal width of the C-Abstractor stages and the D-Abstractor decoder
     depth: int = 3                 # RegNet bottleneck blocks per C-Abstractor stage
     layers: int = 6                # D-Abstractor decoder layers
     heads: int = 8                 # attnpool / D-Abstractor heads
@@ -105,8 +184,8 @@ class ConnectorConfig:
     def __post_init__(self) -> None:
         _check(self.kind in CONNECTORS,
                f"ConnectorConfig.kind: unknown connector {self.kind!r}; choose one of {', '.join(CONNECTORS)}")
-        _positive(self, "num_tokens", "hidden", "depth", "layers", "heads", "points")
-        if self.kind in ("avgpool", "c-abstractor", "d-abstractor", "pixel-shuffle"):
+        _positive(self, "num_tokens", "width", "depth", "layers", "heads", "points")
+        if CONNECTORS[self.kind].fit is not None:
             _check(math.isqrt(self.num_tokens) ** 2 == self.num_tokens,
                    f"ConnectorConfig.num_tokens must be a perfect square for {self.kind!r} "
                    f"(it pools to a sqrt(k) x sqrt(k) grid), got {self.num_tokens}")
@@ -124,7 +203,7 @@ class MoEConfig:
     num_experts: int = 64
     top_k: int = 2
     every: int = 2                 # layers i with (i + 1) % every == 0 are MoE (every 2nd: 1, 3, 5, ...)
-    expert_ffn_dim: int | None = None   # None: the LM's ffn_dim
+    ffn_dim: int | None = None     # each expert's FFN width; None: the LM's ffn_dim
     balance_coef: float = 0.01     # load-balancing loss coefficient (MM1)
     z_coef: float = 0.001          # router z-loss coefficient (MM1)
 
@@ -132,8 +211,8 @@ class MoEConfig:
         _positive(self, "num_experts", "top_k", "every")
         _check(self.top_k <= self.num_experts,
                f"MoEConfig.top_k ({self.top_k}) must be <= num_experts ({self.num_experts})")
-        _check(self.expert_ffn_dim is None or self.expert_ffn_dim > 0,
-               f"MoEConfig.expert_ffn_dim must be None or positive, got {self.expert_ffn_dim}")
+        _check(self.ffn_dim is None or self.ffn_dim > 0,
+               f"MoEConfig.ffn_dim must be None or positive, got {self.ffn_dim}")
         _check(self.balance_coef >= 0 and self.z_coef >= 0,
                "MoEConfig.balance_coef and z_coef must be >= 0")
 
@@ -161,7 +240,7 @@ class LMConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.moe, dict):
-            self.moe = MoEConfig(**self.moe)
+            self.moe = build(MoEConfig, self.moe, "LMConfig.moe")
         _positive(self, "vocab_size", "width", "depth", "heads", "ffn_dim", "max_seq_len")
         if self.head_dim_override is None:
             _check(self.width % self.heads == 0, f"LMConfig.heads ({self.heads}) must divide width ({self.width})")
@@ -198,26 +277,18 @@ class MM1Config:
     def __post_init__(self) -> None:
         for attr, cls in (("vision", VisionConfig), ("connector", ConnectorConfig), ("lm", LMConfig)):
             if isinstance(getattr(self, attr), dict):
-                setattr(self, attr, cls(**getattr(self, attr)))
+                setattr(self, attr, build(cls, getattr(self, attr), f"MM1Config.{attr}"))
         for name in ("image_token_id", "pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, name)
             _check(0 <= value < self.lm.vocab_size,
                    f"MM1Config.{name} ({value}) must be a token id in [0, lm.vocab_size={self.lm.vocab_size})")
         _positive(self, "max_images")
-        c, v = self.connector, self.vision
-        if c.kind in ("avgpool", "pixel-shuffle"):
-            _check(v.grid_size % c.token_grid == 0,
-                   f"ConnectorConfig.num_tokens={c.num_tokens}: {c.kind!r} needs sqrt(num_tokens)={c.token_grid} "
-                   f"to divide the patch grid side {v.grid_size}; choose a square whose root divides {v.grid_size}")
-        if c.kind in ("c-abstractor", "d-abstractor"):
-            _check(c.token_grid <= v.grid_size,
-                   f"ConnectorConfig.num_tokens={c.num_tokens} pools to {c.token_grid}x{c.token_grid}, larger than "
-                   f"the {v.grid_size}x{v.grid_size} patch grid; use at most {v.num_patches}")
+        check_connector_fits(self.connector.kind, self.connector.num_tokens, self.vision.grid_size)
 
     @property
     def image_tokens(self) -> int:
-        """LM tokens per image (k): every patch for `mlp`, else connector.num_tokens."""
-        return self.vision.num_patches if self.connector.kind == "mlp" else self.connector.num_tokens
+        """LM tokens per image (k): every patch for connectors that keep them (`mlp`), else connector.num_tokens."""
+        return self.vision.num_patches if CONNECTORS[self.connector.kind].every_patch else self.connector.num_tokens
 
     # ---- presets -------------------------------------------------------------------------------------
     @classmethod
@@ -234,11 +305,7 @@ class MM1Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MM1Config:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"MM1Config: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        return cls(**_deep_copy(data))
+        return build(cls, plain(data))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -249,12 +316,12 @@ class MM1Config:
 
     def to_yaml(self) -> str:
         import yaml
-        return yaml.safe_dump(_lists(self.to_dict()), sort_keys=False)
+        return yaml.safe_dump(plain(self.to_dict()), sort_keys=False)
 
     @classmethod
     def from_yaml(cls, text: str) -> MM1Config:
-        import yaml
-        return cls.from_dict(yaml.safe_load(text))
+        from mm1lab import yamlio
+        return cls.from_dict(yamlio.load(text))
 
     def save(self, path: str | Path) -> None:
         """Write JSON or YAML, chosen by the file suffix."""
@@ -271,20 +338,13 @@ class MM1Config:
             raise ConfigError(f"{path}: {exc}") from exc
 
 
-def _deep_copy(data: Any) -> Any:
+def plain(data: Any) -> Any:
+    """A fresh copy of nested dicts, lists and tuples with tuples as lists: what JSON and YAML (safe_dump rejects
+    Python tuples) write, and what `from_dict` may change without touching the caller's dict."""
     if isinstance(data, dict):
-        return {k: _deep_copy(v) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_deep_copy(v) for v in data]
-    return data
-
-
-def _lists(data: Any) -> Any:
-    """Tuples become lists so YAML stays plain (safe_dump rejects Python tuples)."""
-    if isinstance(data, dict):
-        return {k: _lists(v) for k, v in data.items()}
+        return {k: plain(v) for k, v in data.items()}
     if isinstance(data, (list, tuple)):
-        return [_lists(v) for v in data]
+        return [plain(v) for v in data]
     return data
 
 
@@ -293,7 +353,7 @@ def _lists(data: Any) -> Any:
 # paper's 1.2B / 3B / 7B / 30B and of the MoE totals (~64B, ~47B). `mm1lab presets` prints the counts.
 VIT_L14_336 = dict(image_size=336, patch_size=14, width=1024, depth=24, heads=16)
 VIT_H14_378 = dict(image_size=378, patch_size=14, width=1280, depth=32, heads=16)
-C_ABSTRACTOR_144 = dict(kind="c-abstractor", num_tokens=144, hidden=1024, depth=3)
+C_ABSTRACTOR_144 = dict(kind="c-abstractor", num_tokens=144, width=1024, depth=3)
 LM_1B = dict(vocab_size=32000, width=2048, depth=24, heads=16, ffn_dim=5632)
 LM_3B = dict(vocab_size=32000, width=3072, depth=26, heads=24, ffn_dim=8192)
 LM_7B = dict(vocab_size=32000, width=4096, depth=32, heads=32, ffn_dim=11008)
@@ -311,7 +371,7 @@ PRESETS: dict[str, Any] = {
     "tiny": lambda: dict(
         name="tiny",
         vision=dict(image_size=64, patch_size=8, width=64, depth=4, heads=4, act="gelu"),
-        connector=dict(kind="c-abstractor", num_tokens=16, hidden=64, depth=1),
+        connector=dict(kind="c-abstractor", num_tokens=16, width=64, depth=1),
         lm=dict(vocab_size=2048, width=128, depth=4, heads=4, ffn_dim=384, max_seq_len=1024),
     ),
     "ablation-base": lambda: _mm1("ablation-base", LM_1B, vision=VIT_L14_336),
@@ -320,5 +380,5 @@ PRESETS: dict[str, Any] = {
     "mm1-30b": lambda: _mm1("mm1-30b", LM_30B),
     "mm1-3b-moe": lambda: _mm1("mm1-3b-moe", LM_3B, moe=dict(num_experts=64, top_k=2, every=2)),
     # Experts slightly wider than the dense 7B FFN: the paper's ~47B total does not fit 11008-wide experts (~41B).
-    "mm1-7b-moe": lambda: _mm1("mm1-7b-moe", LM_7B, moe=dict(num_experts=32, top_k=2, every=4, expert_ffn_dim=12800)),
+    "mm1-7b-moe": lambda: _mm1("mm1-7b-moe", LM_7B, moe=dict(num_experts=32, top_k=2, every=4, ffn_dim=12800)),
 }

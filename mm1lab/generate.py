@@ -9,8 +9,7 @@ import torch
 from torch import Tensor
 
 from mm1lab.decode_step import PackedDecoder
-from mm1lab.lm import KVCache
-from mm1lab.model import positions_from_mask
+from mm1lab.lm import KVCache, positions_from_mask
 
 
 def left_pad(prompts: list[list[int]], *, pad_id: int) -> tuple[Tensor, Tensor]:

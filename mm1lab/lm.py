@@ -193,3 +193,14 @@ class DecoderLM(nn.Module):
             # A fully masked row (a left-pad query) would give NaN; let it attend anywhere (its output is unused).
             mask = mask | ~mask.any(-1, keepdim=True)
         return mask, False
+
+
+def positions_from_mask(attention_mask: Tensor | None, input_ids: Tensor, *, past: int = 0) -> Tensor:
+    """Position ids of the new tokens, counted over real tokens only (left-padded prompts start at 0).
+
+    attention_mask covers cached + new positions (b, past + n); without it positions run past .. past + n - 1.
+    """
+    b, n = input_ids.shape
+    if attention_mask is None:
+        return torch.arange(past, past + n, device=input_ids.device).expand(b, n)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -n:]

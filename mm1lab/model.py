@@ -10,21 +10,32 @@ right), so samples may hold different numbers of images, including none.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from mm1lab.config import MM1Config
+from mm1lab.config import IGNORE, PARTS, ConfigError, MM1Config
 from mm1lab.connectors import ConnectorInfo, build_connector
-from mm1lab.lm import DecoderLM, KVCache
+from mm1lab.lm import DecoderLM, KVCache, positions_from_mask
 from mm1lab.moe import RouterInfo
+from mm1lab.safetensors_io import (
+    CheckpointError,
+    SafetensorsReader,
+    atomic_folder,
+    cast_parameters,
+    no_init,
+    save_state_dict,
+)
 from mm1lab.vision import VisionEncoder, VisionOutput
 
-IGNORE = -100   # label value that takes no loss (the PyTorch / HF convention)
-PARTS = ("vision", "connector", "lm")
+MODEL_TYPE = "mm1lab"              # config.json marker of a folder written by save_pretrained
+TIED_HEAD = "lm.lm_head.weight"    # stored once, as the embeddings, when the LM ties them
+
 
 
 def _init_weights(module: nn.Module) -> None:
@@ -78,21 +89,21 @@ class MM1Model(nn.Module):
             getattr(self, name).requires_grad_(not frozen)
         return self
 
-    def encode_images(self, images: Tensor, *, return_info: bool = False):
+    def encode_images(self, images: Tensor, *, return_attention: bool = False):
         """(N, c, H, W) pixels -> (N, k, d) LM-space image tokens (plus encoder/connector intermediates)."""
-        vis = self.vision(images, return_attention=return_info)
-        if not return_info:
+        vis = self.vision(images, return_attention=return_attention)
+        if not return_attention:
             return self.connector(vis.features)
-        tokens, info = self.connector(vis.features, return_info=True)
+        tokens, info = self.connector(vis.features, return_attention=True)
         return tokens, vis, info
 
-    def embed(self, input_ids: Tensor, image_tokens: Tensor | None) -> Tensor:
+    def embed(self, input_ids: Tensor, image_embeds: Tensor | None) -> Tensor:
         """Text embeddings with each image's k tokens written over its k placeholders, in reading order."""
         embeds = self.lm.embed(input_ids)
-        if image_tokens is None:
+        if image_embeds is None:
             return embeds
         slots = input_ids == self.cfg.image_token_id
-        return embeds.masked_scatter(slots[..., None], image_tokens.to(embeds.dtype))
+        return embeds.masked_scatter(slots[..., None], image_embeds.to(embeds.dtype))
 
     # ---- forward ---------------------------------------------------------------------------------------
     def forward(self, input_ids: Tensor, images: Tensor | list | None = None, *, labels: Tensor | None = None,
@@ -112,14 +123,14 @@ class MM1Model(nn.Module):
         """
         images = self._check_inputs(input_ids, images, past=cache.length if cache is not None else 0)
         out = MM1Output(logits=input_ids.new_empty(0))
-        image_tokens = None
+        image_embeds = None
         if images is not None:
             if return_attention:
-                image_tokens, out.vision, out.connector = self.encode_images(images, return_info=True)
+                image_embeds, out.vision, out.connector = self.encode_images(images, return_attention=True)
             else:
-                image_tokens = self.encode_images(images)
-            image_tokens = rearrange(image_tokens, 'N k d -> (N k) d')
-        embeds = self.embed(input_ids, image_tokens)
+                image_embeds = self.encode_images(images)
+            image_embeds = rearrange(image_embeds, 'N k d -> (N k) d')
+        embeds = self.embed(input_ids, image_embeds)
         past, n = (cache.length if cache is not None else 0), input_ids.shape[1]
         key_mask = attention_mask.bool() if attention_mask is not None else None
         if key_mask is not None and key_mask.shape[1] != past + n:
@@ -197,16 +208,42 @@ class MM1Model(nn.Module):
         return images
 
     # ---- HF-style folders (config.json + model.safetensors + tokenizer files) --------------------------
-    def save_pretrained(self, folder, *, tokenizer=None) -> None:
-        """Write an HF-style folder atomically; see `mm1lab.pretrained.save_pretrained`."""
-        from mm1lab.pretrained import save_pretrained
-        save_pretrained(self, folder, tokenizer=tokenizer)
+    def save_pretrained(self, folder: str | Path, *, tokenizer=None) -> Path:
+        """Write config.json (`MM1Config` plus `"model_type": "mm1lab"`), model.safetensors (mm1lab's own names;
+        a tied LM head stored once) and, when given, the tokenizer, into `folder`, atomically: the files go to a
+        temporary sibling that is renamed into place, so an interrupted save never leaves half a checkpoint."""
+        folder = Path(folder)
+        state = self.state_dict()
+        if self.cfg.lm.tie_embeddings:
+            state.pop(TIED_HEAD)                           # the same tensor as lm.embed.weight
+        with atomic_folder(folder) as tmp:
+            (tmp / "config.json").write_text(json.dumps({"model_type": MODEL_TYPE, **self.cfg.to_dict()}, indent=2))
+            save_state_dict(state, tmp / "model.safetensors", metadata={"model_type": MODEL_TYPE})
+            if tokenizer is not None:   # mm1lab's MM1Tokenizer (`save`) or a transformers one (`save_pretrained`)
+                tokenizer.save(tmp / "tokenizer.json") if hasattr(tokenizer, "save") else tokenizer.save_pretrained(tmp)
+        return folder
 
     @classmethod
-    def from_pretrained(cls, folder, **kwargs) -> MM1Model:
-        """Load a folder written by `save_pretrained` (safetensors only, never pickle)."""
-        from mm1lab.pretrained import from_pretrained
-        return from_pretrained(folder, **kwargs)
+    def from_pretrained(cls, folder: str | Path, *, dtype: torch.dtype | None = None) -> MM1Model:
+        """Load a folder written by `save_pretrained` (safetensors only, never pickle); every parameter must be
+        present with its saved shape. `mm1lab.load_model` also finds the tokenizer and reads training runs."""
+        folder = Path(folder)
+        cfg = read_folder_config(folder)
+        with no_init():
+            model = cast_parameters(cls(cfg), dtype)
+        reader = SafetensorsReader(folder)
+        target = model.state_dict()
+        expected = set(target) - ({TIED_HEAD} if cfg.lm.tie_embeddings else set())
+        missing, unexpected = sorted(expected - set(reader.keys())), sorted(set(reader.keys()) - expected)
+        mismatched = [f"{k}: saved {tuple(reader.get(k).shape)}, config gives {tuple(target[k].shape)}"
+                      for k in sorted(expected & set(reader.keys())) if reader.get(k).shape != target[k].shape]
+        if missing or unexpected or mismatched:
+            raise CheckpointError(f"{folder}: checkpoint does not match its config.json:\n  missing: {missing}\n"
+                                  f"  unexpected: {unexpected}\n  shape mismatches: {mismatched}")
+        with torch.no_grad():
+            for key in expected:
+                target[key].copy_(reader.get(key))
+        return model.eval()
 
     # ---- generation ------------------------------------------------------------------------------------
     def generate(self, input_ids: Tensor, images: Tensor | list | None = None, **kwargs):
@@ -215,12 +252,19 @@ class MM1Model(nn.Module):
         return generate(self, input_ids, images, **kwargs)
 
 
-def positions_from_mask(attention_mask: Tensor | None, input_ids: Tensor, *, past: int = 0) -> Tensor:
-    """Position ids of the new tokens, counted over real tokens only (left-padded prompts start at 0).
-
-    attention_mask covers cached + new positions (b, past + n); without it positions run past .. past + n - 1.
-    """
-    b, n = input_ids.shape
-    if attention_mask is None:
-        return torch.arange(past, past + n, device=input_ids.device).expand(b, n)
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -n:]
+def read_folder_config(folder: str | Path) -> MM1Config:
+    """The MM1Config of a folder written by `MM1Model.save_pretrained` (checks the model_type marker)."""
+    path = Path(folder) / "config.json"
+    if not path.exists():
+        raise CheckpointError(f"{folder}: no config.json; an mm1lab folder holds config.json and model.safetensors")
+    data = json.loads(path.read_text())
+    model_type = data.pop("model_type", None)
+    if model_type != MODEL_TYPE:
+        raise CheckpointError(f"{folder}: config.json has model_type={model_type!r}, not {MODEL_TYPE!r}; load "
+                              "pretrained parts with mm1lab.pretrained (load_hf_lm, load_hf_vision, "
+                              "build_mm1_from_parts) instead")
+    data.pop("transformers_version", None)
+    try:
+        return MM1Config.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -40,8 +40,7 @@ class MoE(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.router = nn.Linear(dim, cfg.num_experts, bias=False)
-        hidden = cfg.expert_ffn_dim or ffn_dim
-        self.experts = nn.ModuleList(SwiGLU(dim, hidden) for _ in range(cfg.num_experts))
+        self.experts = nn.ModuleList(SwiGLU(dim, cfg.ffn_dim or ffn_dim) for _ in range(cfg.num_experts))
 
     def forward(self, x: Tensor) -> tuple[Tensor, RouterInfo]:
         shape, cfg = x.shape, self.cfg

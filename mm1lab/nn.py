@@ -41,11 +41,11 @@ class RMSNorm(nn.Module):
 class SwiGLU(nn.Module):
     """Gated FFN (Llama): down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, dim: int, hidden: int, *, bias: bool = False):
+    def __init__(self, dim: int, ffn_dim: int, *, bias: bool = False):
         super().__init__()
-        self.gate = nn.Linear(dim, hidden, bias=bias)
-        self.up = nn.Linear(dim, hidden, bias=bias)
-        self.down = nn.Linear(hidden, dim, bias=bias)
+        self.gate = nn.Linear(dim, ffn_dim, bias=bias)
+        self.up = nn.Linear(dim, ffn_dim, bias=bias)
+        self.down = nn.Linear(ffn_dim, dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.down(F.silu(self.gate(x)) * self.up(x))
@@ -67,10 +67,10 @@ ACTIVATIONS = {
 class MLP(nn.Module):
     """Two-layer MLP: fc2(act(fc1(x)))."""
 
-    def __init__(self, dim: int, hidden: int, out: int | None = None, *, act: str = "gelu"):
+    def __init__(self, dim: int, ffn_dim: int, out: int | None = None, *, act: str = "gelu"):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, out or dim)
+        self.fc1 = nn.Linear(dim, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, out or dim)
         self.act = ACTIVATIONS[act]
 
     def forward(self, x: Tensor) -> Tensor:

@@ -31,7 +31,7 @@ def save_figure(fig, run_dir: str | Path, name: str):
 
 def model_dict(preset: str = "tiny", *, connector: str | None = None, image_tokens: int | None = None,
                resolution: int | None = None, experts: int = 0, top_k: int = 2, moe_every: int = 2,
-               expert_ffn_dim: int | None = None) -> dict[str, Any]:
+               moe_ffn_dim: int | None = None) -> dict[str, Any]:
     """A preset with the knobs ablations turn (connector, image tokens, resolution, MoE), validated."""
     data = MM1Config.preset(preset).to_dict()
     if connector:
@@ -41,7 +41,7 @@ def model_dict(preset: str = "tiny", *, connector: str | None = None, image_toke
     if resolution:
         data["vision"]["image_size"] = resolution
     if experts:
-        data["lm"]["moe"] = dict(num_experts=experts, top_k=top_k, every=moe_every, expert_ffn_dim=expert_ffn_dim)
+        data["lm"]["moe"] = dict(num_experts=experts, top_k=top_k, every=moe_every, ffn_dim=moe_ffn_dim)
     return MM1Config.from_dict(data).to_dict()   # raises a ConfigError naming the field if a knob is invalid
 
 

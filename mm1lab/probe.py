@@ -22,17 +22,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from mm1lab.config import CONNECTORS
 from mm1lab.model import MM1Output
-
-# How each connector's `regions` relate image tokens to patches (shown as the map's caption).
-MAPPINGS = {
-    "avgpool": "each token's average-pooled cell",
-    "c-abstractor": "each token's pooled cell (the 3x3 convolutions' halo left out)",
-    "attnpool": "attention-pooling weights (mean over pooling heads)",
-    "d-abstractor": "bilinear footprint of the D-Abstractor's sampling points",
-    "mlp": "one token per patch",
-    "pixel-shuffle": "each token's pixel-shuffle block",
-}
 
 
 def image_spans(input_ids: Tensor, cfg) -> list[list[tuple[int, Tensor]]]:
@@ -101,7 +92,7 @@ def image_attention(out: MM1Output, cfg, *, input_ids: Tensor, sample: int, quer
             patch = patch / patch.sum().clamp(min=1e-12)
         entry = dict(image=index, positions=positions, token_attention=token_attention, mass=float(mass),
                      patch_map=rearrange(patch, '(gh gw) -> gh gw', gh=gh, gw=gw),
-                     mapping=MAPPINGS.get(kind, "connector regions"))
+                     mapping=CONNECTORS[kind].regions)
         extras = out.connector.extras
         if "sampling_points" in extras:
             points = extras["sampling_points"][index].float()                   # (k, h, p, 2)

@@ -8,12 +8,12 @@ One run = one folder `papermill_runs/<YYYYmmdd-HHMMSS-ffffff>-<name>/` holding
     metrics.json, *.png  whatever the notebook writes into `RUN_DIR`
 
 plus one JSON line in `papermill_runs/index.jsonl`. Notebooks learn their folder from the injected parameter
-`RUN_DIR`. Sweeps (a grid of runs and their aggregated table and plot) live in `mm1lab/sweep.py`.
+`RUN_DIR`. Sweeps (a grid of runs and their aggregated table and plot) live in `mm1lab/sweep.py`, and the
+`mm1lab run` / `mm1lab sweep` commands in `mm1lab/runner_cli.py`.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mm1lab import yamlio
 
 DEFAULT_KERNEL = "mm1lab"   # registered for the venv by `make setup` (ipykernel install --sys-prefix)
 INDEX_NAME = "index.jsonl"
@@ -50,7 +52,7 @@ class RunResult:
         return self.status == "ok"
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     """Runner messages go to stderr so they never mix with what a notebook prints."""
     print(f"mm1lab: {message}", file=sys.stderr, flush=True)
 
@@ -67,7 +69,7 @@ def parameters_cell(nb) -> int:
         raise ValueError("no cell is tagged `parameters`; in JupyterLab open the property inspector (gear icon) "
                          "on the cell holding SMOKE = ... and add the tag `parameters`")
     if len(tagged) > 1:
-        _say(f"{len(tagged)} cells are tagged `parameters` (cells {tagged}); papermill injects after the first")
+        say(f"{len(tagged)} cells are tagged `parameters` (cells {tagged}); papermill injects after the first")
     return tagged[0]
 
 
@@ -84,7 +86,7 @@ def check_notebook(notebook: str | Path, parameters: dict[str, Any]) -> None:
     unknown = sorted(set(parameters) - declared - set(RUNNER_PARAMETERS))
     if unknown:
         # A warning, not an error: a notebook may read extra names on purpose, but usually this is a typo.
-        _say(f"warning: {path.name} does not declare {', '.join(unknown)} in its parameters cell "
+        say(f"warning: {path.name} does not declare {', '.join(unknown)} in its parameters cell "
              f"(declared: {', '.join(sorted(declared)) or 'nothing'}); they are injected anyway")
 
 
@@ -100,13 +102,13 @@ def resolve_kernel(kernel: str) -> str:
         # "python3": jupyter_client serves it from this interpreter when ipykernel is installed and none is registered.
         python = specs.get_kernel_spec(NATIVE_KERNEL_NAME).argv[0]
         python = sys.executable if "/" not in python else python   # a bare "python" means this interpreter
-        _say(f"kernel {kernel!r} is not registered, so notebooks may not run on the venv's interpreter; "
+        say(f"kernel {kernel!r} is not registered, so notebooks may not run on the venv's interpreter; "
              f"falling back to {NATIVE_KERNEL_NAME!r} ({python}). Register it with `make setup` or "
              f"`{sys.executable} -m ipykernel install --sys-prefix --name {kernel}`")
         return NATIVE_KERNEL_NAME
 
 
-def _new_folder(out_root: Path, name: str) -> Path:
+def new_folder(out_root: Path, name: str) -> Path:
     """`out_root/<timestamp>-<name>/`, created; microseconds keep concurrent runs apart, a suffix does the rest."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     for attempt in range(100):
@@ -182,7 +184,7 @@ def run_notebook(
     name = name or notebook.stem
 
     if folder is None:
-        folder = _new_folder(out_root, name)
+        folder = new_folder(out_root, name)
     else:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=False)   # never mix two runs' files
@@ -217,12 +219,12 @@ def run_notebook(
     out_root.mkdir(parents=True, exist_ok=True)
     append_index(out_root / INDEX_NAME, dict(
         name=name, notebook=str(notebook), parameters=parameters, status=status, error=error,
-        folder=_relative(folder, out_root), started=started.isoformat(timespec="seconds"), duration_s=duration,
+        folder=relative_to(folder, out_root), started=started.isoformat(timespec="seconds"), duration_s=duration,
         metrics=metrics, **(extra_index or {})))
 
     if status == "failed":
         where = executed if executed.exists() else folder
-        _say(f"run {name!r} FAILED: {error}\n  partial notebook: {where}\n  status: {folder / 'status.json'}")
+        say(f"run {name!r} FAILED: {error}\n  partial notebook: {where}\n  status: {folder / 'status.json'}")
     if interrupted:
         raise KeyboardInterrupt
     return RunResult(name=name, folder=folder, status=status, error=error, parameters=parameters,
@@ -255,7 +257,7 @@ def _read_metrics(folder: Path) -> dict[str, Any]:
     try:
         metrics = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        _say(f"warning: {path} is not valid JSON ({exc}); metrics ignored")
+        say(f"warning: {path} is not valid JSON ({exc}); metrics ignored")
         return {}
     return metrics if isinstance(metrics, dict) else {"value": metrics}
 
@@ -264,7 +266,7 @@ def _strip_ansi(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
-def _relative(folder: Path, root: Path) -> str:
+def relative_to(folder: Path, root: Path) -> str:
     """`folder` relative to the index's folder when it lies inside it, so the index survives a move."""
     try:
         return str(folder.relative_to(root.resolve()))
@@ -275,78 +277,16 @@ def _relative(folder: Path, root: Path) -> str:
 # ---------------------------------------------------------------------------------------------- parameters in
 def parse_value(text: str) -> Any:
     """A `-p` value as a YAML scalar: '100' -> 100, 'true' -> True, '1e-3' -> 0.001, 'abc' -> 'abc'."""
-    value = yaml.safe_load(text)
-    # YAML 1.1 reads '1e-3' as a string (it wants '1.0e-3'); a researcher means a float.
-    if isinstance(value, str) and _SCIENTIFIC.fullmatch(value):
-        return float(value)
-    return value
-
-
-_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+    return yamlio.load(text)
 
 
 def load_parameters(files: list[str] | None, pairs: list[list[str]] | None, *, smoke: bool = False) -> dict:
     """Merge `-f` YAML files in order, then `-p key value` pairs (which win), then `--smoke`."""
     parameters: dict[str, Any] = {}
     for file in files or []:
-        path = Path(file)
-        if not path.is_file():
-            raise FileNotFoundError(f"parameter file {file!r} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{file}: expected a mapping `name: value` per line, got a {type(loaded).__name__}")
-        parameters.update(loaded)
+        parameters.update(yamlio.load_mapping(file, "parameter file"))
     for key, value in pairs or []:
         parameters[key] = parse_value(value)
     if smoke:
         parameters["SMOKE"] = True
     return parameters
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("notebook", help="the .ipynb to execute (it needs a cell tagged `parameters`)")
-    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("KEY", "VALUE"), dest="pairs",
-                   help="set a parameter; VALUE is read as YAML (100 -> int, true -> bool); repeatable")
-    p.add_argument("-f", "--file", action="append", dest="files", metavar="PARAMS.yaml",
-                   help="parameters from a YAML mapping; -p wins over it; repeatable")
-    p.add_argument("--smoke", action="store_true", help="shorthand for -p SMOKE true")
-    p.add_argument("--name", help="run name, the end of the folder name (default: the notebook's name)")
-    p.add_argument("--out", default="papermill_runs", help="where run folders and index.jsonl go")
-    p.add_argument("--kernel", default=DEFAULT_KERNEL, help="Jupyter kernel (default: %(default)s, the venv's)")
-
-
-def _run_command(args: argparse.Namespace) -> int:
-    parameters = load_parameters(args.files, args.pairs, smoke=args.smoke)
-    result = run_notebook(args.notebook, parameters, out_root=args.out, name=args.name, kernel=args.kernel,
-                          progress=sys.stderr.isatty())
-    if result.ok:
-        print(f"ok: {result.folder}")
-        for key, value in result.metrics.items():
-            print(f"  {key}: {value}")
-    return 0 if result.ok else 1
-
-
-def _sweep_command(args: argparse.Namespace) -> int:
-    from mm1lab.sweep import load_grid, sweep
-
-    grid, base = load_grid(args.grid)
-    base.update(load_parameters(args.files, args.pairs, smoke=args.smoke))
-    result = sweep(args.notebook, grid, base_parameters=base, out_root=args.out, name=args.name, kernel=args.kernel)
-    failed = [run for run in result.runs if not run.ok]
-    print(f"{len(result.runs) - len(failed)}/{len(result.runs)} runs ok: {result.folder}")
-    print(f"  table: {result.folder / 'sweep.md'}\n  plot: {result.folder / 'sweep.png'}")
-    return 1 if failed else 0
-
-
-def add_runner_commands(subparsers) -> None:
-    """Register `mm1lab run` and `mm1lab sweep` on the CLI's subparsers."""
-    p = subparsers.add_parser("run", help="execute a notebook with papermill into papermill_runs/")
-    _add_common(p)
-    p.set_defaults(func=_run_command)
-
-    p = subparsers.add_parser("sweep", help="run a notebook over a grid of parameters; table + plot")
-    _add_common(p)
-    p.add_argument("--grid", required=True, metavar="GRID.yaml",
-                   help="YAML `{key: [v1, v2], ...}` plus optional `base: {key: value}`")
-    p.set_defaults(func=_sweep_command)

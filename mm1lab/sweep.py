@@ -26,7 +26,9 @@ from typing import Any
 
 import yaml
 
-from mm1lab.runner import DEFAULT_KERNEL, RunResult, _new_folder, _relative, _say, check_notebook, run_notebook, slug
+from mm1lab import yamlio
+from mm1lab.runner import DEFAULT_KERNEL, RunResult, check_notebook, new_folder, relative_to, run_notebook, say, slug
+from mm1lab.train.tracking import flatten
 
 
 @dataclass
@@ -56,11 +58,7 @@ def validate_grid(grid: Any) -> dict[str, list]:
 def load_grid(path: str | Path) -> tuple[dict[str, list], dict[str, Any]]:
     """(grid, base parameters) from a grid.yaml file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"grid file {str(path)!r} does not exist")
-    spec = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(spec, dict):
-        raise ValueError(f"{path}: expected a mapping `key: [v1, v2]` (plus optional `base:`), got {spec!r}")
+    spec = yamlio.load_mapping(path, "grid file")
     base = spec.pop("base", None) or {}
     if not isinstance(base, dict):
         raise ValueError(f"{path}: `base` must be a mapping `key: value`, got {base!r}")
@@ -92,18 +90,18 @@ def sweep(notebook: str | Path, grid: dict[str, list], *, base_parameters: dict[
     check_notebook(notebook, {**base, **combos[0]})   # fail before making folders; warns once, not per run
     name = name or Path(notebook).stem
     out_root = Path(out_root)
-    folder = _new_folder(out_root, f"sweep-{name}").resolve()
+    folder = new_folder(out_root, f"sweep-{name}").resolve()
     (folder / "grid.yaml").write_text(yaml.safe_dump({**grid, "base": base}, sort_keys=False))
 
     runs = []
     width = len(str(len(combos) - 1))   # zero-padded so runs/ lists in grid order
     for i, combo in enumerate(combos):
         label = ",".join(f"{k}={v}" for k, v in combo.items())
-        _say(f"sweep {name}: run {i + 1}/{len(combos)}: {label}")
+        say(f"sweep {name}: run {i + 1}/{len(combos)}: {label}")
         runs.append(run_notebook(
             notebook, {**base, **combo}, out_root=out_root, name=f"{name}/{label}", kernel=kernel,
             folder=folder / "runs" / f"{i:0{width}d}-{slug(label)}",
-            extra_index=dict(sweep=_relative(folder, out_root))))
+            extra_index=dict(sweep=relative_to(folder, out_root))))
 
     rows = aggregate_runs([run.folder for run in runs])
     write_tables(rows, list(grid), folder)
@@ -113,17 +111,6 @@ def sweep(notebook: str | Path, grid: dict[str, list], *, base_parameters: dict[
 
 
 # ---------------------------------------------------------------------------------------------- aggregation
-def flatten(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Scalars of a (nested) metrics dict: {'loss': {'train': 1.0}} -> {'loss.train': 1.0}; lists are dropped."""
-    flat = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        elif isinstance(value, (int, float, str, bool)) or value is None:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def aggregate_runs(folders: list[str | Path]) -> list[dict[str, Any]]:
     """One row per run folder: its parameters, every scalar metric, status, duration and folder.
 
@@ -137,11 +124,14 @@ def aggregate_runs(folders: list[str | Path]) -> list[dict[str, Any]]:
             continue
         if not (folder / "parameters.yaml").exists():
             raise FileNotFoundError(f"{folder} is not a run folder (no parameters.yaml)")
-        parameters = yaml.safe_load((folder / "parameters.yaml").read_text()) or {}
+        parameters = yamlio.load((folder / "parameters.yaml").read_text()) or {}
         status_path, metrics_path = folder / "status.json", folder / "metrics.json"
         # A run still in progress (or killed) has no status.json yet.
         status = json.loads(status_path.read_text()) if status_path.exists() else {"status": "unfinished"}
-        metrics = flatten(json.loads(metrics_path.read_text())) if metrics_path.exists() else {}
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+        # Scalars only: lists (e.g. per-probe answers) do not fit a table cell.
+        metrics = {k: v for k, v in flatten(metrics, sep=".").items()
+                   if isinstance(v, (int, float, str, bool)) or v is None}
         row = {"run": folder.name, **parameters}
         row.update({(f"metric.{k}" if k in parameters else k): v for k, v in metrics.items()})
         row.update(status=status.get("status"), duration_s=status.get("duration_s"), folder=str(folder))
@@ -158,7 +148,7 @@ def metric_columns(rows: list[dict[str, Any]], keys: list[str]) -> list[str]:
 
 def _parameter_names(row: dict[str, Any]) -> list[str]:
     parameters = Path(row["folder"]) / "parameters.yaml"
-    return list(yaml.safe_load(parameters.read_text()) or {}) if parameters.exists() else []
+    return list(yamlio.load(parameters.read_text()) or {}) if parameters.exists() else []
 
 
 def write_tables(rows: list[dict[str, Any]], keys: list[str], folder: Path) -> None:

@@ -47,7 +47,7 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.attn = Attention(cfg.width, cfg.heads)
         self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
-        self.mlp = MLP(cfg.width, cfg.mlp_dim, act=cfg.act)
+        self.mlp = MLP(cfg.width, cfg.ffn_dim, act=cfg.act)
 
     def forward(self, x: Tensor, *, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
         y, attn = self.attn(self.norm1(x), return_attention=return_attention)

@@ -14,7 +14,7 @@ def tiny_config(connector: str = "avgpool", moe: dict | None = None, **lm) -> MM
     return MM1Config.from_dict(dict(
         name="test",
         vision=dict(image_size=32, patch_size=8, width=32, depth=2, heads=4, act="gelu"),
-        connector=dict(kind=connector, num_tokens=num_tokens, hidden=32, depth=1, layers=1, heads=4, points=2),
+        connector=dict(kind=connector, num_tokens=num_tokens, width=32, depth=1, layers=1, heads=4, points=2),
         lm=dict(vocab_size=64, width=32, depth=2, heads=4, kv_heads=2, ffn_dim=64, max_seq_len=128, moe=moe, **lm),
     ))
 

@@ -19,7 +19,7 @@ D_VISION, D_LM, GRID, BATCH = 32, 48, 8, 2
 def tiny(kind: str, **overrides) -> tuple[torch.nn.Module, int]:
     """A seeded tiny connector of `kind` and its number of output tokens."""
     torch.manual_seed(0)
-    fields = dict(kind=kind, num_tokens=GRID * GRID if kind == "mlp" else 16, hidden=24, depth=1, layers=2,
+    fields = dict(kind=kind, num_tokens=GRID * GRID if kind == "mlp" else 16, width=24, depth=1, layers=2,
                   heads=4, points=2)
     cfg = ConnectorConfig(**(fields | overrides))
     return build_connector(cfg, d_vision=D_VISION, d_lm=D_LM, grid=GRID), cfg.num_tokens
@@ -47,7 +47,7 @@ def test_shapes_and_regions(kind):
     x = patches()
     y = conn(x)
     assert y.shape == (BATCH, k, D_LM) and torch.isfinite(y).all()
-    y_info, info = conn(x, return_info=True)
+    y_info, info = conn(x, return_attention=True)
     torch.testing.assert_close(y_info, y)          # the explicit path computes the same output
     assert info.regions.shape == (BATCH, k, GRID * GRID)
     assert (info.regions >= 0).all()
@@ -98,7 +98,7 @@ def test_heads_must_divide_width():
 
 def test_attnpool_regions_are_head_mean():
     conn, _ = tiny("attnpool")
-    _, info = conn(patches(), return_info=True)
+    _, info = conn(patches(), return_attention=True)
     assert info.extras["attention"].shape == (BATCH, 4, 16, GRID * GRID)
     torch.testing.assert_close(info.regions, info.extras["attention"].mean(1))
 
@@ -108,7 +108,7 @@ def test_d_abstractor_zero_offsets_sample_at_reference_points():
     with torch.no_grad():
         for layer in conn.layers:
             layer.cross.to_offsets.bias.zero_()    # weights are already zero at init
-    _, info = conn(patches(), return_info=True)
+    _, info = conn(patches(), return_attention=True)
     points = info.extras["sampling_points"]
     assert points.shape == (BATCH, k, 4, 2, 2) and info.extras["sampling_weights"].shape == (BATCH, k, 4, 2)
     centres = (torch.arange(4) + 0.5) / 4

@@ -21,9 +21,10 @@ from mm1lab.eval.baselines import ConstantPredictor, OraclePredictor
 from mm1lab.eval.harness import evaluate
 from mm1lab.eval.items import shapeworld_items, vqav2_items
 from mm1lab.eval.predictor import ModelPredictor, eval_config
-from mm1lab.eval.report import load_checkpoint_for_eval, plot_report, write_report
+from mm1lab.eval.report import plot_report, write_report
 from mm1lab.eval.scoring import score_predictions
 from mm1lab.eval.suites import get_suite
+from mm1lab.load import load_model
 from mm1lab.model import MM1Model
 
 CLOSED = ("vqa", "color", "count", "shape", "position", "pope", "multi_image")
@@ -176,13 +177,9 @@ def test_write_report_and_figure(oracle_report, tmp_path):
 
 def test_cli_writes_json_and_png_for_a_checkpoint_folder(tmp_path, untrained):
     from mm1lab.eval.cli import main
-    from mm1lab.train.checkpoint import save_weights
-
     ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    (ckpt / "config.json").write_text(json.dumps(untrained.cfg.to_dict()))
-    save_weights(untrained.state_dict(), ckpt / "model.safetensors")
-    loaded = load_checkpoint_for_eval(ckpt)
+    untrained.save_pretrained(ckpt)
+    loaded = load_model(ckpt)
     for name, tensor in untrained.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[name], tensor), name
 

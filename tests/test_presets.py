@@ -40,7 +40,7 @@ def test_moe_active_parameters_count_top_k_experts_per_moe_layer(tables):
     for moe, dense in (("mm1-3b-moe", "mm1-3b"), ("mm1-7b-moe", "mm1-7b")):
         lm = MM1Config.preset(moe).lm
         layers = sum(lm.is_moe_layer(i) for i in range(lm.depth))
-        expert = 3 * lm.width * (lm.moe.expert_ffn_dim or lm.ffn_dim)
+        expert = 3 * lm.width * (lm.moe.ffn_dim or lm.ffn_dim)
         dense_ffn = 3 * lm.width * lm.ffn_dim
         per_layer = lm.moe.top_k * expert + lm.width * lm.moe.num_experts - dense_ffn
         assert tables[moe]["params_active"] == tables[dense]["params_total"] + layers * per_layer

@@ -12,13 +12,8 @@ from test_pretrained_lm import SMALL, make_hf_lm, mm1_logits
 from test_pretrained_vision import make_hf_vision
 
 from mm1lab import MM1Model
-from mm1lab.pretrained import (
-    CheckpointError,
-    build_mm1_from_parts,
-    from_pretrained,
-    load_folder_tokenizer,
-    save_pretrained,
-)
+from mm1lab.load import load_model
+from mm1lab.pretrained import CheckpointError, build_mm1_from_parts
 from mm1lab.pretrained.convert import export_mapped
 from mm1lab.pretrained.maps import TIMM_CLIP_VIT
 
@@ -51,7 +46,7 @@ def test_build_from_timm_weights(tmp_path, parts):
     _, lm, _, _ = parts
     ours = MM1Model(tiny_config()).vision
     save_file(export_mapped(ours, TIMM_CLIP_VIT, depth=2, patch_size=8), tmp_path / "vit.safetensors")
-    model, _ = build_mm1_from_parts(tmp_path / "vit.safetensors", lm, dict(kind="mlp", hidden=32),
+    model, _ = build_mm1_from_parts(tmp_path / "vit.safetensors", lm, dict(kind="mlp", width=32),
                                     vision_options=dict(heads=4, act="gelu"))
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -60,16 +55,15 @@ def test_build_from_timm_weights(tmp_path, parts):
 
 def test_save_and_load_round_trip(tmp_path, parts):
     vision, lm, _, _ = parts
-    model, tok = build_mm1_from_parts(vision, lm, dict(kind="c-abstractor", num_tokens=4, hidden=32, depth=1))
+    model, tok = build_mm1_from_parts(vision, lm, dict(kind="c-abstractor", num_tokens=4, width=32, depth=1))
     folder = tmp_path / "ckpt"
-    save_pretrained(model, folder, tokenizer=tok)
-    save_pretrained(model, folder, tokenizer=tok)                   # overwriting an existing folder is fine
+    model.save_pretrained(folder, tokenizer=tok)
+    model.save_pretrained(folder, tokenizer=tok)                   # overwriting an existing folder is fine
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []   # no temp leftovers
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "mm1lab" and config["lm"]["vocab_size"] == model.cfg.lm.vocab_size
-    loaded = from_pretrained(folder)
+    loaded, tok2 = load_model(folder)
     assert loaded.cfg == model.cfg
-    tok2 = load_folder_tokenizer(folder)
     assert tok2.convert_tokens_to_ids("<image>") == model.cfg.image_token_id
     ids = torch.cat([torch.randint(0, 20, (1, 5)), torch.full((1, 4), model.cfg.image_token_id)], dim=1)
     images = torch.randn(1, 3, 32, 32)
@@ -79,9 +73,9 @@ def test_save_and_load_round_trip(tmp_path, parts):
 
 def test_tied_head_is_saved_once(tmp_path):
     model = MM1Model(tiny_config())
-    save_pretrained(model, tmp_path / "m")
+    model.save_pretrained(tmp_path / "m")
     assert "lm.lm_head.weight" not in load_file(tmp_path / "m" / "model.safetensors")
-    loaded = from_pretrained(tmp_path / "m")
+    loaded = MM1Model.from_pretrained(tmp_path / "m")
     assert loaded.lm.lm_head.weight is loaded.lm.embed.weight
     assert torch.equal(loaded.lm.embed.weight, model.lm.embed.weight)
 
@@ -89,15 +83,15 @@ def test_tied_head_is_saved_once(tmp_path):
 def test_bad_folders_are_explained(tmp_path, parts):
     _, lm, _, _ = parts
     with pytest.raises(CheckpointError, match="model_type='qwen2', not 'mm1lab'"):
-        from_pretrained(lm)
-    save_pretrained(MM1Model(tiny_config()), tmp_path / "m")
+        MM1Model.from_pretrained(lm)
+    MM1Model(tiny_config()).save_pretrained(tmp_path / "m")
     file = tmp_path / "m" / "model.safetensors"
     state = load_file(file)
     del state["lm.norm.weight"]
     state["extra"] = torch.zeros(1)
     save_file(state, file)
     with pytest.raises(CheckpointError, match=r"missing: \['lm.norm.weight'\]\n  unexpected: \['extra'\]"):
-        from_pretrained(tmp_path / "m")
+        MM1Model.from_pretrained(tmp_path / "m")
 
 
 def test_model_methods_round_trip(tmp_path):

@@ -15,8 +15,10 @@ import torch
 import yaml
 from test_train_loop import tiny_run
 
+from mm1lab.folders import find_checkpoint
+from mm1lab.safetensors_io import load_state_dict, save_state_dict
 from mm1lab.train import load_checkpoint, read_metrics
-from mm1lab.train.checkpoint import find_checkpoint, load_weights, save_checkpoint, save_weights
+from mm1lab.train.checkpoint import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,8 +93,8 @@ def test_keep_last_n_and_tied_weights_stored_once(tmp_path):
         save_checkpoint(tmp_path, step, weights={"embed": emb, "head": emb}, model_config_json="{}",
                         train_config_yaml="", optimizer={}, state={}, keep=2)
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["step_00000003", "step_00000004"]
-    save_weights({"embed": emb, "head": emb}, tmp_path / "w.safetensors")
-    loaded = load_weights(tmp_path / "w.safetensors")
+    save_state_dict({"embed": emb, "head": emb}, tmp_path / "w.safetensors")
+    loaded = load_state_dict(tmp_path / "w.safetensors")
     assert torch.equal(loaded["head"], emb) and loaded["head"] is loaded["embed"]
 
 

@@ -21,7 +21,7 @@ def matched_config(cfg: MM1Config) -> MM1Config:
     """`cfg` with LLaVA's choices: the `mlp` connector, penultimate-layer features, CLIP's CLS/ln_pre/no patch bias."""
     vision = dataclasses.replace(cfg.vision, feature_layer=-2, cls_token=True, pre_norm=True, post_norm=True,
                                  patch_bias=False)
-    connector = dataclasses.replace(cfg.connector, kind="mlp", hidden=cfg.lm.width)
+    connector = dataclasses.replace(cfg.connector, kind="mlp", width=cfg.lm.width)
     lm = dataclasses.replace(cfg.lm, moe=None, qkv_bias=False, head_dim_override=None)
     return dataclasses.replace(cfg, vision=vision, connector=connector, lm=lm, name=f"{cfg.name}-llava")
 
@@ -31,7 +31,7 @@ def llava_config(cfg: MM1Config, *, attn_implementation: str = "sdpa"):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     v, lm = cfg.vision, cfg.lm
-    vision = CLIPVisionConfig(hidden_size=v.width, intermediate_size=v.mlp_dim, num_hidden_layers=v.depth,
+    vision = CLIPVisionConfig(hidden_size=v.width, intermediate_size=v.ffn_dim, num_hidden_layers=v.depth,
                               num_attention_heads=v.heads, image_size=v.image_size, patch_size=v.patch_size,
                               num_channels=v.channels, hidden_act=v.act, layer_norm_eps=v.norm_eps)
     text = LlamaConfig(vocab_size=lm.vocab_size, hidden_size=lm.width, intermediate_size=lm.ffn_dim,

@@ -43,12 +43,12 @@ class AttnPoolConnector(nn.Module):
         self.to_v = nn.Linear(d_vision, d_vision)
         self.proj = nn.Linear(d_vision, d_lm)     # doubles as the attention's output projection
 
-    def forward(self, x: Tensor, *, return_info: bool = False):
-        """(b, n, d_vision) -> (b, k, d_lm); with `return_info`, also the attention maps."""
+    def forward(self, x: Tensor, *, return_attention: bool = False):
+        """(b, n, d_vision) -> (b, k, d_lm); with `return_attention`, also the attention maps."""
         q = repeat(self.queries, 'k (h c) -> b h k c', b=x.shape[0], h=self.heads)
         k = rearrange(self.to_k(x), 'b n (h c) -> b h n c', h=self.heads)
         v = rearrange(self.to_v(x), 'b n (h c) -> b h n c', h=self.heads)
-        if not return_info:
+        if not return_attention:
             out = attention(q, k, v)
             return self.proj(rearrange(out, 'b h k c -> b k (h c)'))
 

@@ -22,11 +22,11 @@ class AvgPoolConnector(nn.Module):
         self.grid, self.out = grid, cfg.token_grid
         self.proj = nn.Linear(d_vision, d_lm)
 
-    def forward(self, x: Tensor, *, return_info: bool = False):
+    def forward(self, x: Tensor, *, return_attention: bool = False):
         x = rearrange(x, 'b (h w) d -> b d h w', h=self.grid)
         x = F.adaptive_avg_pool2d(x, self.out)
         y = self.proj(rearrange(x, 'b d h w -> b (h w) d'))
-        if not return_info:
+        if not return_attention:
             return y
         regions = pooling_regions(self.grid, self.out, batch=y.shape[0], device=y.device)
         return y, ConnectorInfo(regions=regions, extras={})

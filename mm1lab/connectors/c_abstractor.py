@@ -3,8 +3,8 @@
 Convolutions mix each patch with its neighbours before and after an adaptive average pool, so the k output tokens
 keep the image's layout (locality) while still seeing context -- the trade-off Honeybee argues for.
 
-    patches + pos-emb -> 2D grid -> RegNet stage (d_vision -> hidden) -> adaptive avg pool to sqrt(k) x sqrt(k)
-    -> RegNet stage (hidden -> hidden) -> MLP (Linear, SiLU, Linear) -> LM width
+    patches + pos-emb -> 2D grid -> RegNet stage (d_vision -> width) -> adaptive avg pool to sqrt(k) x sqrt(k)
+    -> RegNet stage (width -> width) -> MLP (Linear, SiLU, Linear) -> LM width
 
 b - batch, n - patches, k - output tokens, c - channels, d - features, h w - patch grid, i j - pooled grid
 """
@@ -68,7 +68,7 @@ class CAbstractorConnector(nn.Module):
     """Honeybee's convolutional abstractor: RegNet stage, adaptive pool to sqrt(k) x sqrt(k), RegNet stage, MLP.
 
     Args:
-        cfg: `num_tokens` (k, a perfect square), `hidden` (stage width), `depth` (blocks per stage).
+        cfg: `num_tokens` (k, a perfect square), `width` (stage width), `depth` (blocks per stage).
         d_vision: width of the patch features (CLS already dropped).
         d_lm: width of the LM the tokens are handed to.
         grid: patch grid side; the positional embedding is sized for grid * grid patches.
@@ -80,17 +80,17 @@ class CAbstractorConnector(nn.Module):
         # Honeybee adds its own positional embedding even though the ViT features carry one already.
         self.pos_emb = nn.Parameter(torch.zeros(1, grid * grid, d_vision))
         nn.init.trunc_normal_(self.pos_emb, std=0.02)
-        self.stage1 = regnet_stage(cfg.depth, d_vision, cfg.hidden)
+        self.stage1 = regnet_stage(cfg.depth, d_vision, cfg.width)
         self.pool = nn.AdaptiveAvgPool2d(self.out)
-        self.stage2 = regnet_stage(cfg.depth, cfg.hidden, cfg.hidden)
-        self.readout = MLP(cfg.hidden, d_lm, d_lm, act="silu")     # Honeybee's mlp_depth=2 readout
+        self.stage2 = regnet_stage(cfg.depth, cfg.width, cfg.width)
+        self.readout = MLP(cfg.width, d_lm, d_lm, act="silu")     # Honeybee's mlp_depth=2 readout
 
-    def forward(self, x: Tensor, *, return_info: bool = False):
-        """(b, n, d_vision) -> (b, k, d_lm); with `return_info`, also the pooling regions."""
+    def forward(self, x: Tensor, *, return_attention: bool = False):
+        """(b, n, d_vision) -> (b, k, d_lm); with `return_attention`, also the pooling regions."""
         x = rearrange(x + self.pos_emb, 'b (h w) d -> b d h w', h=self.grid)
         x = self.stage2(self.pool(self.stage1(x)))
         y = self.readout(rearrange(x, 'b d i j -> b (i j) d'))
-        if not return_info:
+        if not return_attention:
             return y
         # The pool decides which patches feed a token. The 3x3 depthwise convolutions around it also blur in
         # neighbours (each widens the receptive field by one cell on every side); these regions leave that out.

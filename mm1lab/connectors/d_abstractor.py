@@ -119,7 +119,7 @@ class DAbstractorConnector(nn.Module):
     """Honeybee's deformable abstractor: k queries from the pooled map, `layers` deformable decoder layers, linear.
 
     Args:
-        cfg: `num_tokens` (k, a perfect square), `hidden` (decoder width), `layers`, `heads` (must divide hidden),
+        cfg: `num_tokens` (k, a perfect square), `width` (decoder width), `layers`, `heads` (must divide width),
             `points` (sampling points per head).
         d_vision: width of the patch features.
         d_lm: width of the LM the tokens are handed to.
@@ -128,13 +128,13 @@ class DAbstractorConnector(nn.Module):
 
     def __init__(self, cfg: ConnectorConfig, *, d_vision: int, d_lm: int, grid: int):
         super().__init__()
-        if cfg.hidden % cfg.heads:
-            raise ConfigError(f"ConnectorConfig.heads ({cfg.heads}) must divide ConnectorConfig.hidden "
-                              f"({cfg.hidden}) for 'd-abstractor'")
+        if cfg.width % cfg.heads:
+            raise ConfigError(f"ConnectorConfig.heads ({cfg.heads}) must divide ConnectorConfig.width "
+                              f"({cfg.width}) for 'd-abstractor'")
         self.grid, self.out = grid, cfg.token_grid
-        self.in_proj = nn.Linear(d_vision, cfg.hidden)
-        self.value_pos = nn.Parameter(torch.zeros(1, grid * grid, cfg.hidden))
-        self.query_pos = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.hidden))
+        self.in_proj = nn.Linear(d_vision, cfg.width)
+        self.value_pos = nn.Parameter(torch.zeros(1, grid * grid, cfg.width))
+        self.query_pos = nn.Parameter(torch.zeros(1, cfg.num_tokens, cfg.width))
         for pos in (self.value_pos, self.query_pos):
             nn.init.trunc_normal_(pos, std=0.02)
         # Reference points start at the centres of the sqrt(k) x sqrt(k) cells, stored as (x, y) in [0, 1].
@@ -142,12 +142,12 @@ class DAbstractorConnector(nn.Module):
         ys, xs = torch.meshgrid(centres, centres, indexing='ij')
         self.reference = nn.Parameter(rearrange(torch.stack([xs, ys], dim=-1), 'i j xy -> (i j) xy'))
         self.layers = nn.ModuleList(
-            DecoderLayer(cfg.hidden, heads=cfg.heads, points=cfg.points, grid=grid) for _ in range(cfg.layers))
-        self.norm = nn.LayerNorm(cfg.hidden)     # pre-norm layers leave the residual stream unnormalised
-        self.proj = nn.Linear(cfg.hidden, d_lm)
+            DecoderLayer(cfg.width, heads=cfg.heads, points=cfg.points, grid=grid) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(cfg.width)     # pre-norm layers leave the residual stream unnormalised
+        self.proj = nn.Linear(cfg.width, d_lm)
 
-    def forward(self, x: Tensor, *, return_info: bool = False):
-        """(b, n, d_vision) -> (b, k, d_lm); with `return_info`, also the last layer's sampling points."""
+    def forward(self, x: Tensor, *, return_attention: bool = False):
+        """(b, n, d_vision) -> (b, k, d_lm); with `return_attention`, also the last layer's sampling points."""
         value = self.in_proj(x) + self.value_pos
         # Queries start as the adaptively pooled map (Honeybee's pooled_v_target='tgt'), so layer 0 already
         # holds an avgpool-like summary of each cell and the decoder only has to refine it.
@@ -156,7 +156,7 @@ class DAbstractorConnector(nn.Module):
         for layer in self.layers:
             queries, points, weights = layer(queries, self.query_pos, value, self.reference)
         y = self.proj(self.norm(queries))
-        if not return_info:
+        if not return_attention:
             return y
         regions = splat_regions(points, weights, self.grid)
         return y, ConnectorInfo(regions=regions, extras={"sampling_points": points, "sampling_weights": weights})

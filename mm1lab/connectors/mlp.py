@@ -21,9 +21,9 @@ class MLPConnector(nn.Module):
         super().__init__()
         self.mlp = MLP(d_vision, d_lm, d_lm, act="gelu")
 
-    def forward(self, x: Tensor, *, return_info: bool = False):
+    def forward(self, x: Tensor, *, return_attention: bool = False):
         y = self.mlp(x)
-        if not return_info:
+        if not return_attention:
             return y
         regions = torch.eye(x.shape[1], device=x.device).expand(x.shape[0], -1, -1)
         return y, ConnectorInfo(regions=regions, extras={})

@@ -12,7 +12,7 @@ from __future__ import annotations
 from einops import rearrange
 from torch import Tensor, nn
 
-from mm1lab.config import ConfigError, ConnectorConfig
+from mm1lab.config import ConnectorConfig
 from mm1lab.connectors.registry import ConnectorInfo, pooling_regions, register_connector
 
 # Ported from nanoVLM's ModalityProjector: https://github.com/huggingface/nanoVLM/blob/main/models/modality_projector.py
@@ -40,19 +40,14 @@ class PixelShuffleConnector(nn.Module):
 
     def __init__(self, cfg: ConnectorConfig, *, d_vision: int, d_lm: int, grid: int):
         super().__init__()
-        if grid % cfg.token_grid:
-            roots = [r for r in range(1, grid + 1) if grid % r == 0]
-            raise ConfigError(f"ConnectorConfig.num_tokens={cfg.num_tokens}: 'pixel-shuffle' needs sqrt(num_tokens)="
-                              f"{cfg.token_grid} to divide the patch grid side {grid}; use one of "
-                              f"{[r * r for r in roots]}")
         self.grid, self.out = grid, cfg.token_grid
         self.scale = grid // cfg.token_grid
         self.proj = nn.Linear(d_vision * self.scale ** 2, d_lm, bias=False)    # no bias, as in Idefics3 / nanoVLM
 
-    def forward(self, x: Tensor, *, return_info: bool = False):
-        """(b, n, d_vision) -> (b, k, d_lm); with `return_info`, also each token's s x s block."""
+    def forward(self, x: Tensor, *, return_attention: bool = False):
+        """(b, n, d_vision) -> (b, k, d_lm); with `return_attention`, also each token's s x s block."""
         y = self.proj(space_to_depth(x, grid=self.grid, scale=self.scale))
-        if not return_info:
+        if not return_attention:
             return y
         # The linear layer can weigh the s*s patches differently; lacking a better summary, each counts equally.
         regions = pooling_regions(self.grid, self.out, batch=y.shape[0], device=y.device)

@@ -1,4 +1,8 @@
-"""The connector registry: one name -> one class, no `if` chains in the model."""
+"""The connector registry: one name -> one class, no `if` chains in the model.
+
+`mm1lab.config.CONNECTORS` is the table of connector kinds; each kind's file registers its class here with
+`@register_connector(name)`, and `mm1lab/connectors/__init__.py` imports every file the table names.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from mm1lab.config import CONNECTORS, ConfigError, ConnectorConfig
+from mm1lab.config import CONNECTORS, ConfigError, ConnectorConfig, check_connector_fits
 
 CONNECTOR_REGISTRY: dict[str, type[nn.Module]] = {}
 
@@ -28,10 +32,12 @@ class ConnectorInfo:
 
 
 def register_connector(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    """Class decorator that adds a connector under `name` (must be listed in `config.CONNECTORS`)."""
+    """Class decorator that adds a connector under `name` (a row of the table `mm1lab.config.CONNECTORS`)."""
 
     def add(cls: type[nn.Module]) -> type[nn.Module]:
-        assert name in CONNECTORS, f"add {name!r} to mm1lab.config.CONNECTORS so configs accept it"
+        if name not in CONNECTORS:
+            raise ConfigError(f"connector {name!r} ({cls.__name__}) has no row in mm1lab.config.CONNECTORS; add "
+                              f"`{name!r}: ConnectorKind(module=...)` there so configs accept it")
         CONNECTOR_REGISTRY[name] = cls
         return cls
 
@@ -42,6 +48,7 @@ def build_connector(cfg: ConnectorConfig, *, d_vision: int, d_lm: int, grid: int
     """Instantiate the connector named by `cfg.kind`."""
     if cfg.kind not in CONNECTOR_REGISTRY:
         raise ConfigError(f"unknown connector {cfg.kind!r}; choose one of {', '.join(sorted(CONNECTOR_REGISTRY))}")
+    check_connector_fits(cfg.kind, cfg.num_tokens, grid)
     return CONNECTOR_REGISTRY[cfg.kind](cfg, d_vision=d_vision, d_lm=d_lm, grid=grid)
 
 

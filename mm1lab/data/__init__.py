@@ -12,7 +12,7 @@ Files, one concept each:
     mixture.py     weighted, sharded, resumable IterableDataset
     collate.py     tokenize, expand image markers, pack/pad, loss masks, image preprocessing, sub-images
     sample.py      the Sample record and bad-input bookkeeping
-    samples.py     `mm1lab data samples` (data_samples/)
+    sample_files.py  `mm1lab data samples`: writes the committed data_samples/
 """
 
 from mm1lab.data.collate import Collator, preprocess_image, subimage_views

@@ -11,7 +11,7 @@ import sys
 
 
 def _samples(args: argparse.Namespace) -> None:
-    from mm1lab.data.samples import write_samples
+    from mm1lab.data.sample_files import write_samples
 
     files = write_samples(args.out_dir)
     total = sum(f.stat().st_size for f in files)

@@ -22,10 +22,9 @@ import torch
 from einops import rearrange
 from PIL import Image
 
+from mm1lab.config import IGNORE
 from mm1lab.data.sample import Sample, Skips, SkipSample
 from mm1lab.data.tokenizer import IMAGE
-
-IGNORE = -100
 
 
 def to_pil(image: Any) -> Image.Image:

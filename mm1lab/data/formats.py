@@ -86,10 +86,8 @@ def iter_samples(stream: RecordStream, *, strict: bool = False, skips: Skips | N
     """Every good sample of `stream` in order; bad ones are counted in `skips` (or raise `DataError` if strict)."""
     skips = skips if skips is not None else Skips(strict=strict)
     for thunk in stream.iterate(0, 1):
-        try:
-            sample = thunk()
-        except SkipSample as skip:
-            skips.add(skip)
+        sample = skips.run(thunk)
+        if sample is None:
             continue
         sample.skipped = skips.pop_pending()
         yield sample

@@ -134,10 +134,8 @@ class MixtureDataset(IterableDataset):
                 del active[name]
                 continue
             state["positions"][name] += 1
-            try:
-                sample = thunk()
-            except SkipSample as skip:
-                skips.add(skip)
+            sample = skips.run(thunk)
+            if sample is None:
                 continue
             state["counts"][name] += 1
             sample.skipped = dict(Counter(skips.pop_pending()) + Counter(sample.skipped))

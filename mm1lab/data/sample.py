@@ -80,6 +80,14 @@ class Skips:
         if len(self.examples) < self.keep:
             self.examples.append(str(skip))
 
+    def run(self, thunk) -> Sample | None:
+        """Decode one record (a stream's thunk); a bad one is counted here and gives None."""
+        try:
+            return thunk()
+        except SkipSample as skip:
+            self.add(skip)
+            return None
+
     def update(self, counts: dict[str, int]) -> None:
         """Add counts reported elsewhere (e.g. by a batch from a worker)."""
         self.counts.update(counts)

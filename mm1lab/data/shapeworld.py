@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from mm1lab.config import pick
+
 RENDER_VERSION = 1   # bump when drawing changes, so stale caches are not reused
 COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 230), "yellow": (240, 220, 40),
           "purple": (150, 60, 200), "orange": (250, 140, 20), "pink": (250, 130, 190), "cyan": (40, 210, 220),
@@ -109,11 +111,7 @@ DIFFICULTIES = {
 
 def get_difficulty(difficulty: str | Difficulty) -> Difficulty:
     """A `Difficulty` from its preset name (or pass one through)."""
-    if isinstance(difficulty, Difficulty):
-        return difficulty
-    if difficulty not in DIFFICULTIES:
-        raise ValueError(f"unknown difficulty {difficulty!r}; choose one of {', '.join(DIFFICULTIES)}")
-    return DIFFICULTIES[difficulty]
+    return pick(DIFFICULTIES, difficulty, "difficulty", Difficulty)
 
 
 @dataclass
@@ -313,10 +311,3 @@ class ShapeWorld:
         for block in range(start // self.block_size, (stop - 1) // self.block_size + 1):
             self._block(block)
 
-
-def eval_set(task: str, n: int = 100, seed: int = 0, difficulty: str | Difficulty = "easy", shots: int = 0,
-             **kwargs):
-    """Held-out evaluation items for `task`; see `mm1lab.data.evalsets.eval_set` (re-exported here)."""
-    from mm1lab.data.evalsets import eval_set as _eval_set
-
-    return _eval_set(task, n=n, seed=seed, difficulty=difficulty, shots=shots, **kwargs)

@@ -28,10 +28,11 @@ def run_eval(args: argparse.Namespace) -> int:
     import torch
 
     from mm1lab.eval.harness import evaluate
-    from mm1lab.eval.report import load_checkpoint_for_eval, write_report
+    from mm1lab.eval.report import write_report
+    from mm1lab.load import load_model
 
     torch.manual_seed(args.seed)
-    ckpt = load_checkpoint_for_eval(args.checkpoint, device=args.device)
+    ckpt = load_model(args.checkpoint, device=args.device)
     report = evaluate(ckpt.model, ckpt.tokenizer, args.suite, shots=args.shots, n=args.n, batch_size=args.batch_size,
                       difficulty=args.difficulty, max_new_tokens=args.max_new_tokens, seed=args.seed,
                       tasks=args.tasks.split(",") if args.tasks else None, rank_choices=args.rank_choices,
@@ -50,7 +51,8 @@ def add_eval_commands(subparsers) -> None:
 
     p = subparsers.add_parser("eval", help="evaluate a checkpoint: k-shot / SFT suites, JSON report and figure",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (newest checkpoint)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a run, checkpoint, exported or notebook run folder (see mm1lab.load_model)")
     p.add_argument("--suite", default="shapeworld-pretrain", choices=sorted(SUITES))
     p.add_argument("--shots", type=_shots, default=None, help="e.g. 0,4,8 (default: the suite's; SFT suites: 0)")
     p.add_argument("--n", type=int, default=50, help="items per task and shot count (default 50)")

@@ -1,4 +1,4 @@
-"""Evaluation reports on disk: the JSON, a score-versus-baseline figure, and loading a checkpoint to evaluate.
+"""Evaluation reports on disk: the JSON and a score-versus-baseline figure.
 
 The figure has one panel per task (metrics differ in scale: CIDEr-D runs to 10, accuracies to 1), a bar per
 shot count, and the task's baseline as a dashed line, so every score is read against its majority/chance level.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,51 +58,3 @@ def write_report(report: dict[str, Any], out_dir: str | Path, *, stem: str | Non
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     plot_report(report).savefig(png_path, dpi=100)
     return json_path, png_path
-
-
-# ---- checkpoints ----------------------------------------------------------------------------------------------
-@dataclass
-class EvalCheckpoint:
-    """What `load_checkpoint_for_eval` returns: the model (eval mode), its tokenizer and where they came from."""
-
-    model: Any
-    tokenizer: Any
-    path: Path
-    step: int | None = None
-
-
-CONFIG_NAMES = ("model_config.json", "config.json")   # the trainer's name first, then the plain export
-
-
-def load_checkpoint_for_eval(path: str | Path, *, device: str = "cpu") -> EvalCheckpoint:
-    """Load an mm1lab checkpoint folder for evaluation.
-
-    `path` may be a checkpoint folder (model.safetensors + model_config.json or config.json), a trainer run
-    folder, or its checkpoints/ folder (the newest checkpoint is taken, as `mm1lab.train.checkpoint` finds it).
-    The tokenizer is the first tokenizer.json found in the checkpoint folder or the two folders above it,
-    else the committed one (`mm1lab.data.tokenizer.load_tokenizer()`).
-    """
-    from mm1lab.config import MM1Config
-    from mm1lab.data.tokenizer import load_tokenizer
-    from mm1lab.model import MM1Model
-    from mm1lab.train.checkpoint import find_checkpoint, load_weights
-
-    found = find_checkpoint(path)
-    if found is None:
-        raise FileNotFoundError(f"no checkpoint in {path}: expected model.safetensors (with model_config.json or "
-                                "config.json) or a run folder with checkpoints/")
-    config = next((found / name for name in CONFIG_NAMES if (found / name).exists()), None)
-    if config is None:
-        raise FileNotFoundError(f"{found} has model.safetensors but no {' or '.join(CONFIG_NAMES)} (an "
-                                "MM1Config.to_dict() as JSON)")
-    model = MM1Model(MM1Config.load(config))
-    state = load_weights(found / "model.safetensors")
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{found / 'model.safetensors'} does not match {config.name}: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    tok_path = next((p / "tokenizer.json" for p in (found, found.parent, found.parent.parent)
-                     if (p / "tokenizer.json").exists()), None)
-    meta = found / "meta.json"
-    step = json.loads(meta.read_text()).get("step") if meta.exists() else None
-    return EvalCheckpoint(model=model.to(device).eval(), tokenizer=load_tokenizer(tok_path), path=found, step=step)

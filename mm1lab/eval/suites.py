@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mm1lab.config import pick
+
 # ---- tasks ------------------------------------------------------------------------------------------------
 TASK_METRICS = {
     "caption": "cider_d", "color": "vqa_accuracy", "shape": "vqa_accuracy", "position": "vqa_accuracy",
@@ -60,8 +62,4 @@ SUITES = {
 
 def get_suite(suite: str | Suite) -> Suite:
     """A `Suite` by name (see `SUITES`), or pass one through."""
-    if isinstance(suite, Suite):
-        return suite
-    if suite not in SUITES:
-        raise ValueError(f"unknown suite {suite!r}; choose one of {', '.join(SUITES)}")
-    return SUITES[suite]
+    return pick(SUITES, suite, "suite", Suite)

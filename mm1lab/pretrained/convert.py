@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from mm1lab.pretrained.maps import TRANSFORMS, KeyMap
-from mm1lab.pretrained.safetensors_io import CheckpointError, SafetensorsReader
+from mm1lab.safetensors_io import CheckpointError, SafetensorsReader
 
 _SHOWN = 20   # names listed per problem kind; the count says how many more there are
 

@@ -21,7 +21,7 @@ from mm1lab.config import LMConfig
 from mm1lab.lm import DecoderLM
 from mm1lab.pretrained.convert import load_mapped
 from mm1lab.pretrained.maps import HF_LLAMA
-from mm1lab.pretrained.safetensors_io import CheckpointError, SafetensorsReader, cast_parameters, no_init
+from mm1lab.safetensors_io import CheckpointError, SafetensorsReader, cast_parameters, no_init
 
 # model_type -> (transformers config class, q/k/v carry biases). All share the `hf_llama` weight names.
 HF_LM_TYPES = {

@@ -23,7 +23,7 @@ from mm1lab.config import ACTIVATIONS, VisionConfig
 from mm1lab.pretrained.convert import load_mapped
 from mm1lab.pretrained.lm import read_hf_config
 from mm1lab.pretrained.maps import HF_CLIP_VISION, HF_SIGLIP_VISION, OPEN_CLIP_VIT, TIMM_CLIP_VIT, KeyMap
-from mm1lab.pretrained.safetensors_io import CheckpointError, SafetensorsReader, cast_parameters, no_init
+from mm1lab.safetensors_io import CheckpointError, SafetensorsReader, cast_parameters, no_init
 from mm1lab.vision import VisionEncoder
 
 # model_type -> (transformers config class, weight table, has CLS + ln_pre, default pixel mean/std)
@@ -77,9 +77,9 @@ def hf_vision_config(folder: str | Path, *, feature_layer: int = -1) -> tuple[Vi
         act=_activation(hf.hidden_act, f"{folder}/config.json"), cls_token=clip_like, patch_bias=not clip_like,
         pre_norm=clip_like, post_norm=True, feature_layer=feature_layer, norm_eps=hf.layer_norm_eps,
         image_mean=mean, image_std=std)
-    if cfg.mlp_dim != hf.intermediate_size:
+    if cfg.ffn_dim != hf.intermediate_size:
         raise CheckpointError(f"{folder}: intermediate_size={hf.intermediate_size} is not representable as "
-                              f"mlp_ratio * hidden_size ({cfg.mlp_dim})")
+                              f"mlp_ratio * hidden_size ({cfg.ffn_dim})")
     return cfg, keymap
 
 

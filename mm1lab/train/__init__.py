@@ -4,11 +4,12 @@
     result = train(TrainConfig.load("configs/pretrain-tiny.yaml", ["steps=100"]))
 """
 
-from mm1lab.train.checkpoint import find_checkpoint, load_checkpoint, load_weights
+from mm1lab.folders import find_checkpoint
+from mm1lab.train.checkpoint import load_checkpoint
 from mm1lab.train.config import STAGES, TrainConfig
 from mm1lab.train.schedule import WarmupCosine, mm1_peak_lr, mm1_weight_decay
 from mm1lab.train.tracking import read_metrics
 from mm1lab.train.trainer import Trainer, TrainingError, TrainResult, train
 
 __all__ = ["STAGES", "TrainConfig", "TrainResult", "Trainer", "TrainingError", "WarmupCosine", "find_checkpoint",
-           "load_checkpoint", "load_weights", "mm1_peak_lr", "mm1_weight_decay", "read_metrics", "train"]
+           "load_checkpoint", "mm1_peak_lr", "mm1_weight_decay", "read_metrics", "train"]

@@ -29,42 +29,25 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
-STEP_PREFIX = "step_"
-
-
-# ---- weights -------------------------------------------------------------------------------------------
-def save_weights(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Write a state dict as safetensors; tensors sharing storage (tied embeddings) are stored once."""
-    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
-    tensors, aliases = {}, {}
-    for name, t in state.items():
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
-        if key in seen and t.numel():
-            aliases[name] = seen[key]
-            continue
-        seen[key] = name
-        tensors[name] = t.detach().to("cpu").contiguous()
-    save_file(tensors, str(path), metadata={**(metadata or {}), "aliases": json.dumps(aliases)})
-
-
-def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read safetensors weights (no pickle involved) and restore the names of tied tensors."""
-    with safe_open(str(path), framework="pt") as f:
-        state = {name: f.get_tensor(name) for name in f.keys()}
-        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
-    for name, target in aliases.items():
-        state[name] = state[target]
-    return state
+from mm1lab.config import plain
+from mm1lab.folders import (
+    COMPLETE_MARKER,
+    LATEST,
+    STEP_PREFIX,
+    WEIGHTS,
+    checkpoint_name,
+    find_checkpoint,
+    list_checkpoints,
+)
+from mm1lab.safetensors_io import load_state_dict, save_state_dict
 
 
 # ---- RNG -----------------------------------------------------------------------------------------------
 def rng_state() -> dict[str, Any]:
     """Every RNG a step can touch, in weights_only-loadable types (tensors, ints, lists)."""
     np_state = np.random.get_state()
-    state = dict(torch=torch.get_rng_state(), python=_plain(random.getstate()),
+    state = dict(torch=torch.get_rng_state(), python=plain(random.getstate()),
                  numpy=dict(keys=torch.from_numpy(np_state[1].astype(np.int64)), pos=int(np_state[2]),
                             has_gauss=int(np_state[3]), gauss=float(np_state[4])))
     if torch.cuda.is_available():
@@ -81,10 +64,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _plain(x: Any) -> Any:
-    return [_plain(v) for v in x] if isinstance(x, (list, tuple)) else x
 
 
 # ---- whole checkpoints ---------------------------------------------------------------------------------
@@ -106,17 +85,17 @@ def save_checkpoint(root: str | Path, step: int, *, weights: dict[str, torch.Ten
     """Write checkpoint `step` under `root` atomically, point `latest` at it, drop all but the newest `keep`."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{STEP_PREFIX}{step:08d}"
+    final = root / checkpoint_name(step)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        save_weights(weights, tmp / "model.safetensors", metadata={"step": str(step)})
+        save_state_dict(weights, tmp / WEIGHTS, metadata={"step": str(step)})
         (tmp / "model_config.json").write_text(model_config_json)
         (tmp / "train_config.yaml").write_text(train_config_yaml)
         torch.save(optimizer, tmp / "optimizer.pt")
         torch.save(state, tmp / "state.pt")
-        (tmp / "meta.json").write_text(json.dumps(dict(step=step, **(meta or {})), indent=2))
+        (tmp / COMPLETE_MARKER).write_text(json.dumps(dict(step=step, **(meta or {})), indent=2))
         for f in tmp.iterdir():
             _fsync(f)
         _fsync(tmp)
@@ -128,34 +107,10 @@ def save_checkpoint(root: str | Path, step: int, *, weights: dict[str, torch.Ten
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_atomic(root / "latest", final.name)
+    _write_atomic(root / LATEST, final.name)
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def list_checkpoints(root: str | Path) -> list[Path]:
-    """Complete checkpoints under `root`, oldest first (temporary directories are ignored)."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(STEP_PREFIX)
-                  and (p / "meta.json").exists())
-
-
-def find_checkpoint(path: str | Path) -> Path | None:
-    """The checkpoint meant by `path`: a checkpoint dir itself, or the newest under a run dir or checkpoints dir."""
-    path = Path(path)
-    if (path / "model.safetensors").exists():
-        return path
-    for root in (path / "checkpoints", path):
-        latest = root / "latest"
-        if latest.exists() and (root / latest.read_text().strip() / "meta.json").exists():
-            return root / latest.read_text().strip()
-        found = list_checkpoints(root)
-        if found:
-            return found[-1]
-    return None
 
 
 def load_checkpoint(path: str | Path, *, weights_only: bool = False) -> Checkpoint:
@@ -165,8 +120,8 @@ def load_checkpoint(path: str | Path, *, weights_only: bool = False) -> Checkpoi
     if found is None:
         raise FileNotFoundError(f"no checkpoint in {path} (looked for model.safetensors, checkpoints/latest and "
                                 f"{STEP_PREFIX}* directories)")
-    meta = json.loads((found / "meta.json").read_text()) if (found / "meta.json").exists() else {}
-    ckpt = Checkpoint(path=found, step=int(meta.get("step", 0)), weights=load_weights(found / "model.safetensors"),
+    meta = json.loads((found / COMPLETE_MARKER).read_text()) if (found / COMPLETE_MARKER).exists() else {}
+    ckpt = Checkpoint(path=found, step=int(meta.get("step", 0)), weights=load_state_dict(found / WEIGHTS),
                       model_config=json.loads((found / "model_config.json").read_text()))
     if not weights_only:
         ckpt.optimizer = torch.load(found / "optimizer.pt", weights_only=True, map_location="cpu")

@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
-from mm1lab.config import ConfigError, MM1Config
+from mm1lab import yamlio
+from mm1lab.config import PARTS, ConfigError, MM1Config, plain
 
-PARTS = ("vision", "connector", "lm")
 PRECISIONS = ("fp32", "bf16")
 PARALLEL = ("auto", "none", "ddp", "fsdp")
 SOURCES = ("shapeworld", "synthetic")
@@ -188,7 +188,7 @@ class TrainConfig:
 
     # ---- serialisation -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -208,7 +208,7 @@ class TrainConfig:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no training config at {path}; see configs/ for examples")
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yamlio.load_file(path) or {}
         for item in overrides or []:
             apply_override(data, item)
         try:
@@ -232,13 +232,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     for part in parents:
         node = node.setdefault(part, {})
         _check(isinstance(node, dict), f"--set {item!r}: {part!r} is not a section")
-    value = yaml.safe_load(raw)
-    if isinstance(value, str):   # YAML 1.1 reads "2e-4" (no dot) as a string; users mean the number
-        try:
-            value = float(value)
-        except ValueError:
-            pass
-    node[leaf] = value
+    node[leaf] = yamlio.load(raw)
 
 
 _REPLACED = ("mixture", "model")   # dicts that a config states whole (a mixture is not merged with the stage's)
@@ -250,14 +244,6 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         nested = isinstance(v, dict) and isinstance(out.get(k), dict) and k not in _REPLACED
         out[k] = _merge(out[k], v) if nested else v
     return out
-
-
-def _plain(data: Any) -> Any:
-    if isinstance(data, dict):
-        return {k: _plain(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [_plain(v) for v in data]
-    return data
 
 
 # ---- stage presets ---------------------------------------------------------------------------------------

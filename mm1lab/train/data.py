@@ -17,8 +17,7 @@ from typing import Any
 
 import torch
 
-from mm1lab.config import MM1Config
-from mm1lab.model import IGNORE
+from mm1lab.config import IGNORE, MM1Config
 
 
 class SyntheticSource:

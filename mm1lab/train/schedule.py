@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from mm1lab.model import PARTS
+from mm1lab.config import PARTS
 
 
 def mm1_peak_lr(num_params: int) -> float:

@@ -67,7 +67,7 @@ class Tracker:
             return
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
-        flat = _flatten(record)
+        flat = flatten(record)
         step = int(record["step"])
         if self.tb is not None:
             for key, value in flat.items():
@@ -103,11 +103,13 @@ class Tracker:
             self.bar.close()
 
 
-def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(record: dict[str, Any], *, sep: str = "/", prefix: str = "") -> dict[str, Any]:
+    """A nested record as one level: {'loss': {'text': 1.0}} -> {'loss/text': 1.0} (TensorBoard's and W&B's
+    grouping); `sep="."` gives sweep-table columns."""
     out = {}
     for key, value in record.items():
         if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}/"))
+            out.update(flatten(value, sep=sep, prefix=f"{prefix}{key}{sep}"))
         else:
             out[f"{prefix}{key}"] = value
     return out

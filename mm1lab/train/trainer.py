@@ -22,11 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from mm1lab.config import MM1Config
+from mm1lab.folders import CHECKPOINTS, find_checkpoint
+from mm1lab.load import load_model
 from mm1lab.model import MM1Model
 from mm1lab.train import distributed as D
 from mm1lab.train.checkpoint import (
     fault_point,
-    find_checkpoint,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -96,18 +97,21 @@ class Trainer:
         self.cfg, self.on_log = cfg, on_log
         self.info = D.init_distributed(cfg.device)
         self.dev = self.info.device
-        self.ckpt_root = cfg.run_dir / "checkpoints"
+        self.ckpt_root = cfg.run_dir / CHECKPOINTS
         found = find_checkpoint(self.ckpt_root) if cfg.checkpoint.resume else None
         resume = load_checkpoint(found) if found is not None else None
-        init = load_checkpoint(cfg.init_from, weights_only=True) if cfg.init_from and resume is None else None
-        # a resumed run keeps its own model config; SFT takes the pre-trained checkpoint's
-        source_cfg = resume or init
-        self.model_cfg = MM1Config.from_dict(source_cfg.model_config) if source_cfg else cfg.model_config()
+        # SFT starts from any folder `load_model` reads: a pre-training run, a checkpoint or an exported model
+        init = load_model(cfg.init_from).model if cfg.init_from and resume is None else None
+        # a resumed run keeps its own model config; SFT takes the pre-trained model's
+        if resume is not None:
+            self.model_cfg = MM1Config.from_dict(resume.model_config)
+        else:
+            self.model_cfg = init.cfg if init is not None else cfg.model_config()
 
         torch.manual_seed(cfg.seed)   # same init on every rank
         model = MM1Model(self.model_cfg)
         if init is not None:
-            model.load_state_dict(init.weights)
+            model.load_state_dict(init.state_dict())
         model.freeze(**cfg.freeze).to(self.dev)
         self.model, self.num_params = model, sum(p.numel() for p in model.parameters())
         self.peak_lr = cfg.optim.lr or mm1_peak_lr(self.num_params)

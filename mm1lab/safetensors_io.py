@@ -88,9 +88,31 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
 
 
 def save_state_dict(state: dict[str, Tensor], file: str | Path, *, metadata: dict[str, str] | None = None) -> None:
-    """Write tensors to one safetensors file (tensors made contiguous and unshared, as safetensors requires)."""
-    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(file),
-              metadata=metadata or {"format": "pt"})
+    """Write tensors to one safetensors file. Tensors sharing storage (a tied LM head) are stored once and their
+    other names listed under the metadata key "aliases", which `load_state_dict` restores."""
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    tensors, aliases = {}, {}
+    for name, t in state.items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key in seen and t.numel():
+            aliases[name] = seen[key]
+            continue
+        seen[key] = name
+        tensors[name] = t.detach().to("cpu").contiguous()
+    meta = {"format": "pt", **(metadata or {})}
+    if aliases:
+        meta["aliases"] = json.dumps(aliases)
+    save_file(tensors, str(file), metadata=meta)
+
+
+def load_state_dict(file: str | Path) -> dict[str, Tensor]:
+    """Every tensor of one safetensors file (no pickle involved), with the names of tied tensors restored."""
+    with safe_open(str(file), framework="pt") as f:
+        state = {name: f.get_tensor(name) for name in f.keys()}
+        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    for name, target in aliases.items():
+        state[name] = state[target]
+    return state
 
 
 @contextmanager
