@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import keyword
 import os
 import re
 import sys
@@ -30,7 +31,7 @@ from mm1lab import yamlio
 
 DEFAULT_KERNEL = "mm1lab"   # registered for the venv by `make setup` (ipykernel install --sys-prefix)
 INDEX_NAME = "index.jsonl"
-# Parameters the runner sets itself; never reported as "not declared".
+# Parameters the runner sets itself; injected whether or not a notebook declares them.
 RUNNER_PARAMETERS = ("RUN_DIR",)
 
 
@@ -73,8 +74,37 @@ def parameters_cell(nb) -> int:
     return tagged[0]
 
 
+def check_names(names, source: str) -> None:
+    """Refuse parameter names that are not plain Python identifiers: papermill writes `NAME = value` into the
+    notebook verbatim, so a name like `X = 1; import os; Y` would run as code."""
+    bad = [name for name in names if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name)]
+    if bad:
+        raise ValueError(f"{source}: parameter name(s) {', '.join(map(repr, bad))} are not Python identifiers; "
+                         "use the names assigned in the notebook's parameters cell")
+
+
+def check_values(parameters: dict[str, Any], source: str) -> None:
+    """Refuse values papermill cannot write back as themselves (a YAML date would be injected as `2024-01-02`,
+    which Python reads as the number 2021)."""
+    def plain(value: Any) -> bool:
+        if isinstance(value, dict):
+            return all(isinstance(k, str) and plain(v) for k, v in value.items())
+        if isinstance(value, list):
+            return all(map(plain, value))
+        return value is None or isinstance(value, (str, int, float, bool))
+
+    bad = {k: type(v).__name__ for k, v in parameters.items() if not plain(v)}
+    if bad:
+        raise ValueError(f"{source}: parameters must be plain values (str, int, float, bool, None, and lists and "
+                         f"dicts with string keys of them); got {bad}. Quote a value to pass it as a string")
+
+
 def check_notebook(notebook: str | Path, parameters: dict[str, Any]) -> None:
-    """Fail clearly if `notebook` is missing or has no parameters cell; warn about undeclared parameters."""
+    """Fail clearly if `notebook` is missing, has no parameters cell, or does not declare a parameter's name.
+
+    Only names assigned in the parameters cell (plus the runner's own `RUN_DIR`) may be injected: an undeclared
+    name is usually a typo, and a name is written into the notebook as code.
+    """
     import nbformat
     import papermill
 
@@ -82,12 +112,14 @@ def check_notebook(notebook: str | Path, parameters: dict[str, Any]) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"notebook {str(path)!r} does not exist")
     parameters_cell(nbformat.read(path, as_version=4))
+    check_names(parameters, path.name)
+    check_values(parameters, path.name)
     declared = set(papermill.inspect_notebook(str(path)))
     unknown = sorted(set(parameters) - declared - set(RUNNER_PARAMETERS))
     if unknown:
-        # A warning, not an error: a notebook may read extra names on purpose, but usually this is a typo.
-        say(f"warning: {path.name} does not declare {', '.join(unknown)} in its parameters cell "
-             f"(declared: {', '.join(sorted(declared)) or 'nothing'}); they are injected anyway")
+        raise ValueError(f"{path.name} does not declare {', '.join(unknown)} in its parameters cell (declared: "
+                         f"{', '.join(sorted(declared)) or 'nothing'}); fix the name, or add it to the cell tagged "
+                         "`parameters`")
 
 
 def resolve_kernel(kernel: str) -> str:
@@ -284,8 +316,11 @@ def load_parameters(files: list[str] | None, pairs: list[list[str]] | None, *, s
     """Merge `-f` YAML files in order, then `-p key value` pairs (which win), then `--smoke`."""
     parameters: dict[str, Any] = {}
     for file in files or []:
-        parameters.update(yamlio.load_mapping(file, "parameter file"))
+        loaded = yamlio.load_mapping(file, "parameter file")
+        check_names(loaded, str(file))
+        parameters.update(loaded)
     for key, value in pairs or []:
+        check_names([key], "-p")
         parameters[key] = parse_value(value)
     if smoke:
         parameters["SMOKE"] = True

@@ -27,7 +27,18 @@ from typing import Any
 import yaml
 
 from mm1lab import yamlio
-from mm1lab.runner import DEFAULT_KERNEL, RunResult, check_notebook, new_folder, relative_to, run_notebook, say, slug
+from mm1lab.runner import (
+    DEFAULT_KERNEL,
+    RunResult,
+    check_names,
+    check_notebook,
+    check_values,
+    new_folder,
+    relative_to,
+    run_notebook,
+    say,
+    slug,
+)
 from mm1lab.train.tracking import flatten
 
 
@@ -46,9 +57,8 @@ def validate_grid(grid: Any) -> dict[str, list]:
     """The grid, checked: a non-empty mapping of parameter name -> non-empty list of values."""
     if not isinstance(grid, dict) or not grid:
         raise ValueError(f"a grid is a mapping `key: [v1, v2, ...]` with at least one key, got {grid!r}")
+    check_names(grid, "grid")
     for key, values in grid.items():
-        if not isinstance(key, str) or not key.isidentifier():
-            raise ValueError(f"grid key {key!r} is not a valid parameter name")
         if not isinstance(values, list) or not values:
             raise ValueError(f"grid key {key!r} must map to a non-empty list of values, got {values!r}; "
                              f"write `{key}: [{values!r}]` to fix one value, or put it under `base:`")
@@ -62,6 +72,7 @@ def load_grid(path: str | Path) -> tuple[dict[str, list], dict[str, Any]]:
     base = spec.pop("base", None) or {}
     if not isinstance(base, dict):
         raise ValueError(f"{path}: `base` must be a mapping `key: value`, got {base!r}")
+    check_names(base, f"{path}: base")
     try:
         return validate_grid(spec), base
     except ValueError as exc:
@@ -87,7 +98,8 @@ def sweep(notebook: str | Path, grid: dict[str, list], *, base_parameters: dict[
     if clash:
         raise ValueError(f"{', '.join(clash)} is both swept (grid) and fixed (base/-p); keep it in one place")
     combos = combinations(grid)
-    check_notebook(notebook, {**base, **combos[0]})   # fail before making folders; warns once, not per run
+    check_values({**base, **grid}, "grid")
+    check_notebook(notebook, {**base, **combos[0]})   # every combination has the same names: fail before any run
     name = name or Path(notebook).stem
     out_root = Path(out_root)
     folder = new_folder(out_root, f"sweep-{name}").resolve()

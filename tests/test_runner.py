@@ -53,7 +53,7 @@ def ok_run(tmp_path_factory):
     """One real run through the API, shared by the layout and index tests."""
     tmp = tmp_path_factory.mktemp("ok")
     nb = make_notebook(tmp / "probe.ipynb", [WRITES_OUTPUTS])
-    result = run_notebook(nb, {"x": 2, "undeclared": 5}, out_root=tmp / "runs", smoke=True)
+    result = run_notebook(nb, {"x": 2}, out_root=tmp / "runs", smoke=True)
     return tmp, result
 
 
@@ -64,8 +64,7 @@ def test_run_folder_layout(ok_run):
     assert result.folder.name.endswith("-probe")
     names = {p.name for p in result.folder.iterdir()}
     assert {"probe.ipynb", "parameters.yaml", "status.json", "metrics.json", "curve.png"} <= names
-    assert yaml.safe_load((result.folder / "parameters.yaml").read_text()) == {"x": 2, "undeclared": 5,
-                                                                                "SMOKE": True}
+    assert yaml.safe_load((result.folder / "parameters.yaml").read_text()) == {"x": 2, "SMOKE": True}
     status = json.loads((result.folder / "status.json").read_text())
     assert status["status"] == "ok" and status["error"] is None and status["duration_s"] > 0
     assert result.metrics == {"x_type": "int", "smoke": True, "loss": 1 / 3, "nested": {"acc": 0.5}}
@@ -77,7 +76,7 @@ def test_index_line(ok_run):
     tmp, result = ok_run
     (line,) = read_index(tmp / "runs" / "index.jsonl")
     assert line["name"] == "probe" and line["status"] == "ok" and line["error"] is None
-    assert line["parameters"] == {"x": 2, "undeclared": 5, "SMOKE": True}   # RUN_DIR is the folder itself
+    assert line["parameters"] == {"x": 2, "SMOKE": True}   # RUN_DIR is the folder itself
     assert (tmp / "runs" / line["folder"]).resolve() == result.folder
     assert line["metrics"]["x_type"] == "int" and line["duration_s"] > 0 and line["started"]
 
@@ -155,7 +154,8 @@ def test_load_parameters_order(tmp_path):
 
 @pytest.mark.parametrize("grid, message", [
     ({}, "at least one key"), ({"x": 3}, "non-empty list"), ({"x": []}, "non-empty list"),
-    ({"not a name": [1]}, "not a valid parameter name")])
+    ({"not a name": [1]}, "not Python identifiers"), ({"class": [1]}, "not Python identifiers"),
+    ({"X = 1; import os; Y": [1]}, "not Python identifiers")])
 def test_grid_validation(grid, message):
     with pytest.raises(ValueError, match=message):
         validate_grid(grid)
@@ -194,3 +194,31 @@ def test_index_appends_do_not_interleave(tmp_path):
     for t in threads:
         t.join()
     assert read_index(index) == [record] * 100
+
+
+# A parameter name is written into the notebook as code (`NAME = value`): only declared identifiers get in.
+INJECTION = 'x = 1; import pathlib; pathlib.Path("pwned").touch(); y'
+
+
+def test_parameter_names_cannot_inject_code(tmp_path, capsys):
+    nb = make_notebook(tmp_path / "probe.ipynb", [WRITES_OUTPUTS])
+    # in-process CLI calls: each is refused before a kernel starts or a folder is made
+    assert cli_main(["run", str(nb), "-p", INJECTION, "1", "--out", str(tmp_path / "pr")]) == 2
+    assert "not Python identifiers" in capsys.readouterr().err
+    (tmp_path / "params.yaml").write_text(f"'{INJECTION}': 1\n")
+    assert cli_main(["run", str(nb), "-f", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "pr")]) == 2
+    assert "params.yaml: parameter name(s)" in capsys.readouterr().err
+    (tmp_path / "grid.yaml").write_text(f"'{INJECTION}': [1, 2]\n")
+    assert cli_main(["sweep", str(nb), "--grid", str(tmp_path / "grid.yaml"), "--out", str(tmp_path / "pr")]) == 2
+    (tmp_path / "grid.yaml").write_text(f"x: [1, 2]\nbase: {{'{INJECTION}': 1}}\n")
+    assert cli_main(["sweep", str(nb), "--grid", str(tmp_path / "grid.yaml"), "--out", str(tmp_path / "pr")]) == 2
+    assert "base: parameter name(s)" in capsys.readouterr().err
+    # a well-formed name the notebook does not declare (usually a typo) is refused too, naming what is declared
+    assert cli_main(["run", str(nb), "-p", "X", "1", "--out", str(tmp_path / "pr")]) == 2
+    assert "does not declare X in its parameters cell (declared: RUN_DIR, SMOKE, x, y)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="does not declare z"):
+        sweep(nb, {"z": [1, 2]}, out_root=tmp_path / "pr")
+    # values that papermill would write back as something else (a YAML date: `2024-01-02` is 2021 in Python)
+    assert cli_main(["run", str(nb), "-p", "x", "2024-01-02", "--out", str(tmp_path / "pr")]) == 2
+    assert "plain values" in capsys.readouterr().err
+    assert not (tmp_path / "pr").exists() and not list(tmp_path.rglob("pwned"))
