@@ -9,6 +9,7 @@ Files, one concept each:
     evalsets.py    held-out evaluation sets (caption, color, count, ..., pope, multi_image, text)
     formats.py     WebDataset captions, OBELICS JSONL, LLaVA JSON, text JSONL (read + write)
     eval_formats.py COCO captions, VQAv2 (read + write)
+    guards.py      checks on untrusted input: image paths inside the root, UTF-8 text, fully decoded images
     mixture.py     weighted, sharded, resumable IterableDataset
     collate.py     tokenize, expand image markers, pack/pad, loss masks, image preprocessing, sub-images
     sample.py      the Sample record and bad-input bookkeeping

@@ -8,6 +8,7 @@ downsized overview first and then the 2x2 grid of crops (row-major), so its mark
 Labels are not shifted (the model shifts) and are -100 on image placeholders, padding, and everything outside the
 loss segments (for SFT: all but the assistant answers). `batch["skipped"]` counts the samples skipped *since the
 previous batch* (upstream reader skips plus the collator's own), so the trainer sums them across batches/workers.
+A stream's final `Sample.tally` only brings skip counts and its state; a batch of tallies alone has no rows.
 Axes: b - rows in the batch, n - sequence, c - channels, h w - pixels, gh gw - sub-image grid.
 """
 
@@ -23,6 +24,7 @@ from einops import rearrange
 from PIL import Image
 
 from mm1lab.config import IGNORE
+from mm1lab.data.guards import decoded_image
 from mm1lab.data.sample import Sample, Skips, SkipSample
 from mm1lab.data.tokenizer import IMAGE
 
@@ -107,7 +109,8 @@ class Collator:
 
     # ---- one sample -----------------------------------------------------------------------------------
     def encode(self, sample: Sample) -> Encoded:
-        """Tokenize one sample; raises `SkipSample` for bad ones (marker/image mismatch, empty, too long)."""
+        """Tokenize one sample; raises `SkipSample` for bad ones (marker/image mismatch, empty, too long, an image
+        that does not decode)."""
         where = f"{sample.stream} sample {sample.id or '?'}"
         ids, labels, starts = [], [], []   # starts: position of each image run
         run = self.k * self.views
@@ -144,7 +147,7 @@ class Collator:
         ids, labels = ids[:cut], labels[:cut]
         if truncated and not any(label != IGNORE and i not in specials for i, label in zip(ids, labels)):
             raise SkipSample("too_long", where, "nothing left to learn from after truncation")
-        images = [self._views(im) for im in sample.images[:kept]]
+        images = [self._views(decoded_image(im, f"{where} image {i}")) for i, im in enumerate(sample.images[:kept])]
         return Encoded(ids=ids, labels=labels, images=images, stream=sample.stream)
 
     def _views(self, image: Any) -> torch.Tensor:
@@ -162,6 +165,8 @@ class Collator:
             skipped.update(sample.skipped)
             if sample.state is not None:
                 states[sample.state["shard"]] = sample.state
+            if sample.is_tally:   # the end of a stream: skips to count, nothing to encode
+                continue
             try:
                 encoded.append(self.encode(sample))
             except SkipSample as skip:

@@ -8,8 +8,9 @@
 
 Evaluation formats (COCO captions, VQAv2) are in `eval_formats.py`. Training readers return a `RecordStream`
 (cheap raw records, decoded only by the shard that keeps them) for `MixtureDataset`; `iter_samples` reads one
-directly. Writers are deterministic: sorted JSON keys, fixed JPEG quality, tar members with mtime 0 and uid/gid 0,
-so the same input gives the same bytes.
+directly. Every record passes the checks in `guards.py` (image paths stay inside the root, text is UTF-8, images
+decode fully); docs/robustness.md lists what is skipped and counted. Writers are deterministic: sorted JSON keys,
+fixed JPEG quality, tar members with mtime 0 and uid/gid 0, so the same input gives the same bytes.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from mm1lab.data.guards import check_text, decode_text, image_path, open_image, parse_json, read_json_file
 from mm1lab.data.mixture import RecordStream
 from mm1lab.data.prompts import caption_text
 from mm1lab.data.sample import DataError, Sample, Skips, SkipSample
@@ -33,21 +35,6 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
 
 
 # ---- shared helpers -------------------------------------------------------------------------------------
-def open_image(source: bytes | str | Path, where: str) -> Image.Image:
-    """Decode an image fully (so truncation shows here, not later) or raise `SkipSample`."""
-    try:
-        if isinstance(source, bytes):
-            image = Image.open(io.BytesIO(source))
-        else:
-            if not Path(source).exists():
-                raise SkipSample("missing_image", where, f"no file {source}")
-            image = Image.open(source)
-        image.load()
-        return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise SkipSample("bad_image", where, str(exc)) from None
-
-
 def jpeg_bytes(image: Image.Image, quality: int = 90) -> bytes:
     """JPEG encoding with fixed settings (deterministic bytes)."""
     buf = io.BytesIO()
@@ -60,19 +47,17 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[str, str]]:
-    with open(path, encoding="utf-8", errors="replace") as f:
+def _jsonl_records(path: Path) -> Iterator[tuple[str, bytes]]:
+    """Raw lines as bytes, so that the decode step (not the reading) checks them for UTF-8, per record."""
+    with open(path, "rb") as f:
         for lineno, line in enumerate(f, 1):
             if line.strip():
                 yield f"{path}:{lineno}", line
 
 
-def _parse_json_line(raw: tuple[str, str]) -> tuple[str, Any]:
+def _parse_json_line(raw: tuple[str, bytes]) -> tuple[str, Any]:
     where, line = raw
-    try:
-        return where, json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise SkipSample("bad_json", where, exc.msg) from None
+    return where, parse_json(line, where)
 
 
 def _paths(source: str | Path | Iterable[str | Path], pattern: str) -> list[Path]:
@@ -126,7 +111,7 @@ def _tar_groups(path: Path) -> Iterator[Any]:
     """Consecutive members sharing a key -> (where, {ext: bytes}); a broken tar ends with a SkipSample record."""
     group, key, last = {}, None, "the start"
     try:
-        with tarfile.open(path, "r|*") as tar:
+        with tarfile.open(path, "r:*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -136,14 +121,41 @@ def _tar_groups(path: Path) -> Iterator[Any]:
                     group = {}
                 key, last = stem, member.name
                 group[ext.lower()] = tar.extractfile(member).read()
-        if group:
-            yield f"{path}:{key}", group
-    except (tarfile.TarError, EOFError, OSError) as exc:
+            if group:
+                yield f"{path}:{key}", group
+            problem = _end_of_archive_problem(tar)
+        if problem:
+            yield SkipSample("truncated_tar", f"{path}", f"{problem} after {last}; the samples after it are lost. "
+                             "Re-download or re-write the shard")
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:   # ValueError: a damaged header field
         yield SkipSample("truncated_tar", f"{path}", f"unreadable after {last} ({exc}); rest of the shard skipped")
 
 
+def _end_of_archive_problem(tar: tarfile.TarFile) -> str | None:
+    """What is wrong where the archive ends, or None when a proper end-of-archive marker is there.
+
+    Our own check, because tarfile stops quietly at an empty, short or damaged header block: a shard cut on a
+    512-byte boundary, or with a flipped header byte, would otherwise read as complete, short of its last samples.
+    """
+    end = tar.offset   # where tarfile stopped: the first block that is not a member header
+    tar.fileobj.seek(end)
+    block = tar.fileobj.read(tarfile.BLOCKSIZE)
+    if len(block) < tarfile.BLOCKSIZE:
+        return f"the file ends at byte {end + len(block)} without the end-of-archive marker"
+    if block.count(0) != tarfile.BLOCKSIZE:
+        return f"a damaged header at byte {end}"
+    while chunk := tar.fileobj.read(1 << 16):   # the zero padding after the marker (a few KiB)
+        if chunk.count(0) != len(chunk):
+            return f"more data after the end-of-archive marker at byte {end} (concatenated shards?)"
+    return None
+
+
 def caption_stream(source: str | Path | Iterable[str | Path], *, stream: str = "caption") -> RecordStream:
-    """Image-caption pairs from tar shards (a directory of *.tar, one file, or a list of files)."""
+    """Image-caption pairs from tar shards (a directory of *.tar, one file, or a list of files).
+
+    A sample whose `.json` metadata sidecar is damaged is skipped (`bad_json`), like any damaged member: the
+    shard's bytes are not what was written. A missing sidecar is fine (WebDataset does not require one).
+    """
     paths = _paths(source, "*.tar")
 
     def records() -> Iterator[Any]:
@@ -157,10 +169,15 @@ def caption_stream(source: str | Path | Iterable[str | Path], *, stream: str = "
         ext = next((e for e in IMAGE_EXTS if e in group), None)
         if ext is None:
             raise SkipSample("missing_image", where, f"no image member (found {sorted(group)})")
-        text = group.get("txt", b"").decode("utf-8", errors="replace").strip()
+        text = decode_text(group.get("txt", b""), f"{where}.txt").strip()
         if not text:
             raise SkipSample("empty_text", where)
-        image = open_image(group[ext], where)
+        if "json" in group:   # the metadata sidecar: a damaged one skips the sample (docs/robustness.md)
+            meta = parse_json(group["json"], f"{where}.json (metadata sidecar)")
+            if not isinstance(meta, dict):
+                raise SkipSample("bad_json", f"{where}.json (metadata sidecar)",
+                                 f"a JSON object is expected, got {type(meta).__name__}")
+        image = open_image(group[ext], f"{where}.{ext}")
         return Sample.pretrain(stream, caption_text(text), [image], id=where)
 
     return RecordStream(records, decode)
@@ -189,13 +206,19 @@ def write_interleaved_jsonl(docs: Iterable[dict], path: str | Path, *, image_dir
     return path
 
 
-def interleaved_stream(source: str | Path | Iterable[str | Path]) -> RecordStream:
-    """Interleaved documents from OBELICS-style JSONL (images resolved relative to each file's folder)."""
+def interleaved_stream(source: str | Path | Iterable[str | Path], *, image_folder: str | Path | None = None,
+                       allow_absolute_paths: bool = False) -> RecordStream:
+    """Interleaved documents from OBELICS-style JSONL.
+
+    Image paths are relative to `image_folder` (default: each file's folder) and may not leave it (`..`, or an
+    absolute path unless `allow_absolute_paths`): such records are skipped as `path_outside_root`.
+    """
     paths = _paths(source, "*.jsonl")
 
     def records() -> Iterator[Any]:
         for path in paths:
-            yield from ((path.parent, rec) for rec in _jsonl_records(path))
+            root = Path(image_folder) if image_folder is not None else path.parent
+            yield from ((root, rec) for rec in _jsonl_records(path))
 
     def decode(raw: Any) -> Sample:
         root, record = raw
@@ -209,12 +232,13 @@ def interleaved_stream(source: str | Path | Iterable[str | Path]) -> RecordStrea
                 raise SkipSample("bad_record", where, f"position {i} must hold exactly one of a text and an image")
             if image is not None:
                 ref = image if isinstance(image, str) else image.get("path") if isinstance(image, dict) else None
-                if not ref:
-                    raise SkipSample("bad_record", where, f"position {i}: image must be a path")
-                loaded.append(open_image(root / ref, f"{where} image {i}"))
+                at = f"{where} image {i}"
+                loaded.append(open_image(image_path(root, ref, at, allow_absolute=allow_absolute_paths), at))
                 pieces.append(IMAGE)
+            elif isinstance(text, str):
+                pieces.append(text)
             else:
-                pieces.append(str(text))
+                raise SkipSample("bad_record", where, f"position {i}: text must be a string, got {type(text).__name__}")
         if not "".join(p for p in pieces if p != IMAGE).strip():
             raise SkipSample("empty_text", where)
         return Sample.pretrain("interleaved", "\n".join(pieces), loaded, id=where)
@@ -251,19 +275,20 @@ def _llava_records(path: Path) -> Iterator[tuple[str, Any]]:
     if path.suffix == ".jsonl":
         yield from _jsonl_records(path)
         return
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:   # a whole-file JSON cannot be read past a syntax error
-        raise DataError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON ({exc.msg}); fix the file or convert it "
-                        "to JSONL (one conversation per line) so that bad lines can be skipped") from None
+    data = read_json_file(path, "; fix the file or convert it to JSONL (one conversation per line) so that bad "
+                                "lines can be skipped")
     if not isinstance(data, list):
         raise DataError(f"{path}: a LLaVA file holds a JSON list of conversations, got {type(data).__name__}")
     for i, entry in enumerate(data):
         yield f"{path}[{i}]", entry
 
 
-def llava_stream(source: str | Path | Iterable[str | Path], *, image_folder: str | Path | None = None) -> RecordStream:
-    """SFT conversations from LLaVA JSON/JSONL; images relative to `image_folder` (default: the file's folder)."""
+def llava_stream(source: str | Path | Iterable[str | Path], *, image_folder: str | Path | None = None,
+                 allow_absolute_paths: bool = False) -> RecordStream:
+    """SFT conversations from LLaVA JSON/JSONL; images relative to `image_folder` (default: the file's folder).
+
+    Image paths may not leave that folder (`..`, or absolute unless `allow_absolute_paths`): `path_outside_root`.
+    """
     paths = _paths(source, "*.json*")
 
     def records() -> Iterator[Any]:
@@ -273,26 +298,32 @@ def llava_stream(source: str | Path | Iterable[str | Path], *, image_folder: str
 
     def decode(raw: Any) -> Sample:
         root, (where, entry) = raw
-        if isinstance(entry, str):
+        if isinstance(entry, bytes):
             where, entry = _parse_json_line((where, entry))
+        else:
+            check_text(entry, where)
         convs = entry.get("conversations") if isinstance(entry, dict) else None
         if not isinstance(convs, list) or not convs:
             raise SkipSample("bad_record", where, "needs a non-empty 'conversations' list")
         where = f"{where} id={entry.get('id', '?')}"
         turns = []
         for j, turn in enumerate(convs):
-            role = ROLES.get(turn.get("from")) if isinstance(turn, dict) else None
+            role = ROLES.get(turn.get("from")) if isinstance(turn, dict) and isinstance(turn.get("from"), str) \
+                else None
             if role is None or not isinstance(turn.get("value"), str):
                 raise SkipSample("bad_record", where, f"turn {j} needs 'from' in {sorted(ROLES)} and a string 'value'")
             turns.append({"role": role, "content": turn["value"]})
         if not any(t["role"] == "assistant" and t["content"].strip() for t in turns):
             raise SkipSample("empty_text", where, "no assistant answer")
         refs = entry.get("image", [])
-        refs = [refs] if isinstance(refs, str) else list(refs)
+        refs = [refs] if isinstance(refs, str) else refs
+        if not isinstance(refs, list):
+            raise SkipSample("bad_record", where, f"'image' must be a path or a list of paths, got {refs!r}")
         markers = sum(t["content"].count(IMAGE) for t in turns)
         if markers != len(refs):
             raise SkipSample("image_count_mismatch", where, f"{markers} <image> markers, {len(refs)} images")
-        images = [open_image(root / ref, f"{where} image {ref}") for ref in refs]
+        images = [open_image(image_path(root, ref, f"{where} image {ref!r}", allow_absolute=allow_absolute_paths),
+                             f"{where} image {ref!r}") for ref in refs]
         return Sample.chat(turns, images, id=where)
 
     return RecordStream(records, decode)

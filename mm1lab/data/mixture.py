@@ -97,7 +97,8 @@ class MixtureDataset(IterableDataset):
     """Draws each sample from stream `name` with probability proportional to `weights[name]`.
 
     Finite streams drop out when exhausted; iteration ends when every stream has. Bad records are skipped and
-    counted (`sample.skipped` on the next good sample), or raise `DataError` when `strict`.
+    counted (`sample.skipped` on the next good sample; skips after the last one on a final `Sample.tally`, which
+    the collator counts and encodes nothing for), or raise `DataError` when `strict`.
     """
 
     def __init__(self, streams: dict[str, IndexedStream | RecordStream], weights: dict[str, float] | None = None, *,
@@ -142,6 +143,10 @@ class MixtureDataset(IterableDataset):
             sample.state = copy.deepcopy(state)
             self._states[shard] = sample.state   # accurate when iterating in this process (num_workers=0)
             yield sample
+        pending = skips.pop_pending()
+        if pending:   # skips after the last good sample: a content-free tally carries them to the batch
+            self._states[shard] = copy.deepcopy(state)
+            yield Sample.tally(pending, copy.deepcopy(state))
 
     def state_dict(self) -> dict[str, Any]:
         """Shard states seen in this process (use `LoaderTracker` with DataLoader workers)."""

@@ -1,9 +1,10 @@
 """The one record every stream yields (`Sample`) and the bookkeeping for bad input (`SkipSample`, `Skips`).
 
-Bad input is either skipped and counted by reason, or, in strict mode, raised as `DataError` naming the file and
-line/sample. Skip counts travel with the data: a reader attaches the skips it saw to the next good sample
-(`Sample.skipped`), the collator adds its own and returns the total in `batch["skipped"]`, so counts made inside
-DataLoader worker processes reach the trainer.
+Bad input is either skipped and counted by reason (`SKIP_REASONS`), or, in strict mode, raised as `DataError`
+naming the file and line/sample. Skip counts travel with the data: a reader attaches the skips it saw to the next
+good sample (`Sample.skipped`); skips after a stream's last good sample travel on a content-free `Sample.tally`;
+the collator adds its own and returns the total in `batch["skipped"]`, so counts made inside DataLoader worker
+processes reach the trainer, and every skip is counted by the end of the epoch.
 """
 
 from __future__ import annotations
@@ -15,8 +16,22 @@ from typing import Any
 from mm1lab.data.prompts import Segment, chat_segments, pretrain_segments
 
 STREAMS = ("caption", "dense", "interleaved", "text", "sft")
-SKIP_REASONS = ("bad_image", "missing_image", "truncated_tar", "bad_json", "bad_record", "image_count_mismatch",
-                "empty_text", "too_long", "too_many_images")
+TALLY = "tally"   # the stream name of the end-of-stream record that carries the last skips (`Sample.tally`)
+# Every reason a record is skipped for, and what it means (docs/robustness.md lists the same table).
+SKIP_REASONS = {
+    "bad_json": "a record, or a caption shard's .json sidecar, is not valid JSON (or not a JSON object)",
+    "bad_text": "bytes that are not UTF-8, or a JSON string holding a lone surrogate (\\ud800)",
+    "bad_record": "valid JSON with a missing or wrongly typed field",
+    "bad_image": "an image that does not decode fully (truncated, damaged, 0x0, or a format that is not read)",
+    "image_too_large": "an image Pillow flags as a decompression bomb (more than 2 x Image.MAX_IMAGE_PIXELS)",
+    "missing_image": "an image path that names no file, or a caption sample without an image member",
+    "path_outside_root": "an image path with '..', or an absolute one (unless allowed), that could leave the root",
+    "truncated_tar": "a tar shard that ends without its end-of-archive marker; counted once for the rest of the shard",
+    "image_count_mismatch": "the number of <image> markers differs from the number of images",
+    "empty_text": "no text to learn from (or no assistant answer)",
+    "too_long": "more tokens than a row holds, in a stream that is not truncated",
+    "too_many_images": "more images than max_images, in a stream that is not truncated",
+}
 
 
 class DataError(ValueError):
@@ -52,6 +67,16 @@ class Sample:
              stream: str = "sft") -> Sample:
         """An SFT conversation: only assistant answers are in the loss."""
         return cls(stream=stream, segments=chat_segments(turns), images=list(images or []), id=id)
+
+    @classmethod
+    def tally(cls, skipped: dict[str, int], state: dict[str, Any] | None = None) -> Sample:
+        """A content-free sample a stream yields last, carrying the skips seen after its last good sample."""
+        return cls(stream=TALLY, segments=[], skipped=dict(skipped), state=state, id="end of stream")
+
+    @property
+    def is_tally(self) -> bool:
+        """True for the end-of-stream record made by `Sample.tally` (the collator counts it and encodes nothing)."""
+        return self.stream == TALLY
 
     @property
     def text(self) -> str:

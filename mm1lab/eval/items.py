@@ -9,9 +9,7 @@ live in `mm1lab.data.prompts`. An item is a plain dict in the layout of `mm1lab.
 
 from __future__ import annotations
 
-import json
 import random
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,21 +24,6 @@ def shapeworld_items(task: str, shots: int, *, n: int, seed: int = 0, difficulty
     from mm1lab.data.evalsets import eval_set
 
     return eval_set(task, n=n, seed=seed, difficulty=difficulty, shots=shots)
-
-
-def _subset_json(path: Path, key: str, limit: int, tmp: Path) -> Path:
-    """`path` itself, or a copy in `tmp` with only the first `limit` entries of `key` (and their annotations),
-    so the readers (which decode every image they list) touch only the images the evaluation needs."""
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if len(data.get(key, [])) <= limit:
-        return path
-    data[key] = data[key][:limit]
-    if key == "images":   # COCO keeps captions in the same file; VQAv2 answers are matched by question id later
-        keep = {entry["id"] for entry in data["images"]}
-        data["annotations"] = [a for a in data.get("annotations", []) if a["image_id"] in keep]
-    out = tmp / path.name
-    out.write_text(json.dumps(data))
-    return out
 
 
 def _first_existing(root: Path, candidates: Sequence[str], what: str) -> Path:
@@ -58,8 +41,7 @@ def coco_items(coco_dir: str | Path, shots: int, *, n: int, seed: int = 0) -> li
     root = Path(coco_dir)
     ann = _first_existing(root, ("annotations/captions_val2014.json", "captions_val2014.json"), "COCO captions JSON")
     images = _first_existing(root, ("val2014", "images/val2014", "images"), "COCO image folder")
-    with tempfile.TemporaryDirectory() as tmp:
-        pool = read_coco_captions(_subset_json(ann, "images", n + DEMO_POOL, Path(tmp)), images)
+    pool = read_coco_captions(ann, images, limit=n + DEMO_POOL)   # only these images are decoded
     pool = [dict(question="", answer=p["answers"][0], answers=p["answers"], images=[p["image"]], id=p["id"])
             for p in pool if p["answers"]]
     return _real_items("caption", pool, shots, n=n, seed=seed)
@@ -76,8 +58,7 @@ def vqav2_items(vqav2_dir: str | Path, shots: int, *, n: int, seed: int = 0) -> 
     answers = _first_existing(root, ("v2_mscoco_val2014_annotations.json",
                                      "annotations/v2_mscoco_val2014_annotations.json"), "VQAv2 annotations JSON")
     images = _first_existing(root, ("val2014", "images/val2014", "images"), "VQAv2 (COCO) image folder")
-    with tempfile.TemporaryDirectory() as tmp:
-        pool = read_vqav2(_subset_json(questions, "questions", n + DEMO_POOL, Path(tmp)), answers, images)
+    pool = read_vqav2(questions, answers, images, limit=n + DEMO_POOL)
     pool = [dict(question=p["question"], answer=p["answer"], answers=p["answers"], images=[p["image"]], id=p["id"])
             for p in pool if p["answers"]]
     return _real_items("vqa", pool, shots, n=n, seed=seed)
