@@ -14,7 +14,6 @@ built from public parts. With none found, the committed ShapeWorld tokenizer (`d
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import torch
 from mm1lab.config import MM1Config
 from mm1lab.folders import RUN_SUBFOLDER, WEIGHTS, find_checkpoint
 from mm1lab.model import MODEL_TYPE, MM1Model
-from mm1lab.safetensors_io import CheckpointError, load_state_dict
+from mm1lab.safetensors_io import CheckpointError, load_state_dict, read_json
 
 TRAINER_CONFIG = "model_config.json"   # what a training checkpoint calls its MM1Config
 
@@ -82,7 +81,8 @@ def resolve(path: str | Path) -> Path:
 
 
 def _model_type(folder: Path) -> str | None:
-    return json.loads((folder / "config.json").read_text()).get("model_type")
+    config = read_json(folder / "config.json")
+    return config.get("model_type") if isinstance(config, dict) else None
 
 
 def _from_training_checkpoint(folder: Path, dtype: torch.dtype | None) -> MM1Model:
@@ -101,7 +101,7 @@ def _from_training_checkpoint(folder: Path, dtype: torch.dtype | None) -> MM1Mod
 
 def _step(folder: Path) -> int | None:
     meta = folder / "meta.json"
-    return json.loads(meta.read_text()).get("step") if meta.exists() else None
+    return read_json(meta).get("step") if meta.exists() else None
 
 
 def _tokenizer(folder: Path | None):

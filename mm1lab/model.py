@@ -29,6 +29,7 @@ from mm1lab.safetensors_io import (
     atomic_folder,
     cast_parameters,
     no_init,
+    read_json,
     save_state_dict,
 )
 from mm1lab.vision import VisionEncoder, VisionOutput
@@ -257,8 +258,8 @@ def read_folder_config(folder: str | Path) -> MM1Config:
     path = Path(folder) / "config.json"
     if not path.exists():
         raise CheckpointError(f"{folder}: no config.json; an mm1lab folder holds config.json and model.safetensors")
-    data = json.loads(path.read_text())
-    model_type = data.pop("model_type", None)
+    data = read_json(path)
+    model_type = data.pop("model_type", None) if isinstance(data, dict) else None
     if model_type != MODEL_TYPE:
         raise CheckpointError(f"{folder}: config.json has model_type={model_type!r}, not {MODEL_TYPE!r}; load "
                               "pretrained parts with mm1lab.pretrained (load_hf_lm, load_hf_vision, "

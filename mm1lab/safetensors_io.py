@@ -13,9 +13,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
@@ -26,7 +27,27 @@ PICKLE_FILES = ("pytorch_model.bin", "open_clip_pytorch_model.bin", "model.pt", 
 
 
 class CheckpointError(ValueError):
-    """A checkpoint cannot be loaded: missing files, missing/unexpected keys or shape mismatches (all listed)."""
+    """A checkpoint cannot be loaded: missing or damaged files, missing/unexpected keys or shape mismatches (all
+    listed); the message names the file."""
+
+
+def read_json(path: str | Path) -> Any:
+    """A checkpoint's JSON file (config, index, metadata); unreadable or malformed: `CheckpointError` naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({type(exc).__name__}: {exc}); the file is damaged or "
+                              "missing") from None
+
+
+def open_safetensors(file: str | Path):
+    """`safe_open(file)`; a truncated or overwritten file raises `CheckpointError` naming it (safetensors' own error
+    does not say which file it was reading)."""
+    try:
+        return safe_open(str(file), framework="pt")
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({exc}); it is truncated, overwritten or "
+                              "missing. Re-download or re-save it, or load an earlier checkpoint") from None
 
 
 class SafetensorsReader:
@@ -41,7 +62,7 @@ class SafetensorsReader:
         self.path = path
         self._where: dict[str, Path] = {}            # tensor name -> file that holds it
         for file in self._files(path):
-            with safe_open(file, framework="pt") as f:
+            with open_safetensors(file) as f:
                 for key in f.keys():
                     self._where[key] = file
         self._handles: dict[Path, object] = {}
@@ -57,8 +78,7 @@ class SafetensorsReader:
             raise CheckpointError(f"{path}: no such file or folder")
         for name in INDEX_FILES:
             if (path / name).exists():
-                index = json.loads((path / name).read_text())
-                return sorted({path / shard for shard in index["weight_map"].values()})
+                return SafetensorsReader._shards(path, path / name)
         for name in WEIGHT_FILES:
             if (path / name).exists():
                 return [path / name]
@@ -67,6 +87,21 @@ class SafetensorsReader:
                 "safetensors files instead or convert them with safetensors.torch.save_file.") if pickled else ""
         looked = ", ".join(INDEX_FILES + WEIGHT_FILES)
         raise CheckpointError(f"{path}: no safetensors weights found (looked for {looked}).{hint}")
+
+    @staticmethod
+    def _shards(folder: Path, index: Path) -> list[Path]:
+        """The shard files an index names: plain file names inside `folder`, each present."""
+        try:
+            shards = set(read_json(index)["weight_map"].values())
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{index}: not a safetensors index (a JSON object with a 'weight_map'): "
+                                  f"{type(exc).__name__}: {exc}") from None
+        for shard in sorted(map(str, shards)):
+            if Path(shard).name != shard or shard in (".", ".."):
+                raise CheckpointError(f"{index}: shard {shard!r} is not a file name in {folder}")
+            if not (folder / shard).is_file():
+                raise CheckpointError(f"{index} names shard {shard!r}, which is missing from {folder}")
+        return sorted(folder / shard for shard in map(str, shards))
 
     def keys(self) -> list[str]:
         return list(self._where)
@@ -77,8 +112,11 @@ class SafetensorsReader:
     def get(self, key: str) -> Tensor:
         file = self._where[key]
         if file not in self._handles:
-            self._handles[file] = safe_open(file, framework="pt")
-        return self._handles[file].get_tensor(key)
+            self._handles[file] = open_safetensors(file)
+        try:
+            return self._handles[file].get_tensor(key)
+        except SafetensorError as exc:
+            raise CheckpointError(f"{file}: cannot read tensor {key!r} ({exc})") from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -107,11 +145,14 @@ def save_state_dict(state: dict[str, Tensor], file: str | Path, *, metadata: dic
 
 def load_state_dict(file: str | Path) -> dict[str, Tensor]:
     """Every tensor of one safetensors file (no pickle involved), with the names of tied tensors restored."""
-    with safe_open(str(file), framework="pt") as f:
-        state = {name: f.get_tensor(name) for name in f.keys()}
-        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
-    for name, target in aliases.items():
-        state[name] = state[target]
+    with open_safetensors(file) as f:
+        try:
+            state = {name: f.get_tensor(name) for name in f.keys()}
+            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+            for name, target in aliases.items():
+                state[name] = state[target]
+        except (SafetensorError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{file}: damaged safetensors file ({type(exc).__name__}: {exc})") from None
     return state
 
 

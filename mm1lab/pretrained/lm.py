@@ -9,7 +9,6 @@ table. Remote code is never run: only the architectures listed in `HF_LM_TYPES` 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from mm1lab.config import LMConfig
 from mm1lab.lm import DecoderLM
 from mm1lab.pretrained.convert import load_mapped
 from mm1lab.pretrained.maps import HF_LLAMA
-from mm1lab.safetensors_io import CheckpointError, SafetensorsReader, cast_parameters, no_init
+from mm1lab.safetensors_io import CheckpointError, SafetensorsReader, cast_parameters, no_init, read_json
 
 # model_type -> (transformers config class, q/k/v carry biases). All share the `hf_llama` weight names.
 HF_LM_TYPES = {
@@ -32,6 +31,8 @@ HF_LM_TYPES = {
 # mm1lab's own special tokens, appended to the pretrained vocabulary (strings match mm1lab.data).
 MM1_SPECIAL_TOKENS = ("<image>", "<|user|>", "<|assistant|>", "<|end|>")
 PAD_TOKEN = "<pad>"
+# Files that hold a tokenizer's vocabulary (fast tokenizers, SentencePiece, BPE and WordPiece slow tokenizers).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 
 
 @dataclass
@@ -54,7 +55,10 @@ def read_hf_config(folder: Path) -> dict:
     path = Path(folder) / "config.json"
     if not path.exists():
         raise CheckpointError(f"{folder}: no config.json; point at a Hugging Face checkpoint folder")
-    return json.loads(path.read_text())
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: a JSON object is expected, got {type(config).__name__}")
+    return config
 
 
 def _rope(hf) -> tuple[float, str]:
@@ -131,7 +135,14 @@ def resize_embeddings(lm: DecoderLM, vocab_size: int, new_ids: list[int]) -> Dec
 
 
 def load_tokenizer(folder: str | Path):
-    """transformers' AutoTokenizer from local files only (no download, no remote code)."""
+    """transformers' AutoTokenizer from local files only (no download, no remote code); a folder without
+    vocabulary files is refused (`CheckpointError`)."""
+    if not any((Path(folder) / name).is_file() for name in TOKENIZER_FILES):
+        # transformers builds an (almost) empty tokenizer for some architectures (Qwen2) from config.json alone;
+        # mm1lab's special tokens would then take ids inside the pretrained vocabulary and overwrite their rows.
+        raise CheckpointError(f"{folder}: no tokenizer files (looked for {', '.join(TOKENIZER_FILES)}); copy the "
+                              "model's tokenizer files into the folder, or pass tokenizer=False to load_hf_lm and "
+                              "set the special token ids yourself")
     try:
         return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as exc:

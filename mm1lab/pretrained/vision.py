@@ -13,7 +13,6 @@ applies `post_layernorm` to the pooled CLS only (so compare with `post_layernorm
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -23,7 +22,7 @@ from mm1lab.config import ACTIVATIONS, VisionConfig
 from mm1lab.pretrained.convert import load_mapped
 from mm1lab.pretrained.lm import read_hf_config
 from mm1lab.pretrained.maps import HF_CLIP_VISION, HF_SIGLIP_VISION, OPEN_CLIP_VIT, TIMM_CLIP_VIT, KeyMap
-from mm1lab.safetensors_io import CheckpointError, SafetensorsReader, cast_parameters, no_init
+from mm1lab.safetensors_io import CheckpointError, SafetensorsReader, cast_parameters, no_init, read_json
 from mm1lab.vision import VisionEncoder
 
 # model_type -> (transformers config class, weight table, has CLS + ln_pre, default pixel mean/std)
@@ -53,7 +52,7 @@ def _mean_std(folder: Path, default: tuple) -> tuple:
     """Pixel normalisation from preprocessor_config.json when the folder has one."""
     path = folder / "preprocessor_config.json"
     if path.exists():
-        pre = json.loads(path.read_text())
+        pre = read_json(path)
         if "image_mean" in pre and "image_std" in pre:
             return tuple(pre["image_mean"]), tuple(pre["image_std"])
     return default
@@ -104,14 +103,14 @@ def _timm_settings(path: Path) -> dict:
     folder = path if path.is_dir() else path.parent
     out: dict = {}
     if (folder / "config.json").exists():
-        timm_cfg = json.loads((folder / "config.json").read_text())
+        timm_cfg = read_json(folder / "config.json")
         arch = timm_cfg.get("architecture", "")
         out["act"] = "quick_gelu" if "quickgelu" in arch else "gelu"    # timm's naming of its CLIP towers
         pre = timm_cfg.get("pretrained_cfg", {})
         if "mean" in pre and "std" in pre:
             out["image_mean"], out["image_std"] = tuple(pre["mean"]), tuple(pre["std"])
     if (folder / "open_clip_config.json").exists():
-        oc = json.loads((folder / "open_clip_config.json").read_text())
+        oc = read_json(folder / "open_clip_config.json")
         model_cfg, vision_cfg = oc.get("model_cfg", {}), oc.get("model_cfg", {}).get("vision_cfg", {})
         out["act"] = "quick_gelu" if model_cfg.get("quick_gelu") else "gelu"
         if "width" in vision_cfg:

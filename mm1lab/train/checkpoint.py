@@ -23,6 +23,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from mm1lab.folders import (
     find_checkpoint,
     list_checkpoints,
 )
-from mm1lab.safetensors_io import load_state_dict, save_state_dict
+from mm1lab.safetensors_io import CheckpointError, load_state_dict, read_json, save_state_dict
 
 
 # ---- RNG -----------------------------------------------------------------------------------------------
@@ -115,18 +116,50 @@ def save_checkpoint(root: str | Path, step: int, *, weights: dict[str, torch.Ten
 
 def load_checkpoint(path: str | Path, *, weights_only: bool = False) -> Checkpoint:
     """Load a checkpoint (dir, run dir or checkpoints dir). Weights via safetensors, the rest via
-    torch.load(weights_only=True): a checkpoint cannot run code on load."""
+    torch.load(weights_only=True): a checkpoint cannot run code on load. A damaged or missing file raises
+    `CheckpointError` naming it."""
     found = find_checkpoint(path)
     if found is None:
         raise FileNotFoundError(f"no checkpoint in {path} (looked for model.safetensors, checkpoints/latest and "
                                 f"{STEP_PREFIX}* directories)")
-    meta = json.loads((found / COMPLETE_MARKER).read_text()) if (found / COMPLETE_MARKER).exists() else {}
+    meta = read_json(found / COMPLETE_MARKER) if (found / COMPLETE_MARKER).exists() else {}
     ckpt = Checkpoint(path=found, step=int(meta.get("step", 0)), weights=load_state_dict(found / WEIGHTS),
-                      model_config=json.loads((found / "model_config.json").read_text()))
+                      model_config=read_json(found / "model_config.json"))
     if not weights_only:
-        ckpt.optimizer = torch.load(found / "optimizer.pt", weights_only=True, map_location="cpu")
-        ckpt.state = torch.load(found / "state.pt", weights_only=True, map_location="cpu")
+        ckpt.optimizer, ckpt.state = _torch_load(found / "optimizer.pt"), _torch_load(found / "state.pt")
     return ckpt
+
+
+def resume_checkpoint(root: str | Path) -> Checkpoint | None:
+    """The newest checkpoint under `root` that loads, or None when there is none. A damaged one is reported on
+    stderr and the one before it is tried; when every one is damaged, `CheckpointError` lists them."""
+    newest = find_checkpoint(root)
+    if newest is None:
+        return None
+    candidates = [newest] + [p for p in reversed(list_checkpoints(root)) if p != newest]
+    damaged = []
+    for path in candidates:
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as exc:
+            damaged.append(str(exc))
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"mm1lab: checkpoint {path.name} is damaged: {exc}", file=sys.stderr, flush=True)
+            continue
+        if damaged and int(os.environ.get("RANK", "0")) == 0:
+            print(f"mm1lab: resuming from {path}, the newest complete checkpoint that loads", file=sys.stderr,
+                  flush=True)
+        return ckpt
+    raise CheckpointError(f"every checkpoint under {root} is damaged:\n  " + "\n  ".join(damaged) +
+                          "\nRemove them to start over, or set checkpoint.resume=false with a new out_dir")
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:   # truncated zip, bad pickle opcodes, or a payload weights_only refuses
+        raise CheckpointError(f"{path}: cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0]}); "
+                              "it is damaged, or holds objects that weights_only loading refuses") from None
 
 
 def _fsync(path: Path) -> None:

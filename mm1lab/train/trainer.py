@@ -28,7 +28,7 @@ from mm1lab.model import MM1Model
 from mm1lab.train import distributed as D
 from mm1lab.train.checkpoint import (
     fault_point,
-    load_checkpoint,
+    resume_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -98,8 +98,9 @@ class Trainer:
         self.info = D.init_distributed(cfg.device)
         self.dev = self.info.device
         self.ckpt_root = cfg.run_dir / CHECKPOINTS
-        found = find_checkpoint(self.ckpt_root) if cfg.checkpoint.resume else None
-        resume = load_checkpoint(found) if found is not None else None
+        # the newest checkpoint that loads; a damaged one is reported on stderr and the one before it is used
+        resume = resume_checkpoint(self.ckpt_root) if cfg.checkpoint.resume else None
+        found = resume.path if resume is not None else None
         # SFT starts from any folder `load_model` reads: a pre-training run, a checkpoint or an exported model
         init = load_model(cfg.init_from).model if cfg.init_from and resume is None else None
         # a resumed run keeps its own model config; SFT takes the pre-trained model's
