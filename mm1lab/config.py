@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mm1lab.fieldtypes import FieldTypeError, convert_fields
+
 PARTS = ("vision", "connector", "lm")   # MM1's three parts: the attribute names on MM1Config and MM1Model
 IGNORE = -100   # label value that takes no loss (the PyTorch / HF convention)
 ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu")
@@ -81,9 +83,11 @@ RENAMED: dict[str, dict[str, str]] = {
 
 
 def build(cls: type, data: dict[str, Any], where: str | None = None) -> Any:
-    """`cls(**data)` for a config dataclass, with renamed fields translated and unknown fields named."""
-    name, data = cls.__name__, dict(data)
-    where = where or name
+    """`cls(**data)` for a config dataclass, with renamed fields translated, unknown fields named and every value
+    checked against its field's type (`mm1lab.fieldtypes`); nested configs are built the same way."""
+    name, where = cls.__name__, where or cls.__name__
+    _check(isinstance(data, dict), f"{where}: expected a mapping of fields, got {type(data).__name__}")
+    data = dict(data)
     for old, new in RENAMED.get(name, {}).items():
         if old in data:
             _check(new not in data, f"{where}: both {old!r} (its old name) and {new!r} are set; keep {new!r}")
@@ -93,6 +97,10 @@ def build(cls: type, data: dict[str, Any], where: str | None = None) -> Any:
     known = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(known))
     _check(not unknown, f"{where}: unknown field(s) {unknown}; known fields are {known}")
+    try:
+        data = convert_fields(cls, data, where, build)
+    except FieldTypeError as exc:
+        raise ConfigError(str(exc)) from None
     return cls(**data)
 
 
@@ -330,12 +338,14 @@ class MM1Config:
 
     @classmethod
     def load(cls, path: str | Path) -> MM1Config:
+        """Read JSON or YAML (by suffix); every error names the file."""
+        from mm1lab import yamlio
         path = Path(path)
-        text = path.read_text()
         try:
-            return cls.from_yaml(text) if path.suffix in (".yaml", ".yml") else cls.from_json(text)
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
+            return cls.from_dict(yamlio.load_file(path) if path.suffix in (".yaml", ".yml")
+                                 else json.loads(path.read_text(encoding="utf-8")))
+        except ValueError as exc:   # ConfigError, malformed JSON, or yamlio's error (which names the file)
+            raise ConfigError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
 
 
 def plain(data: Any) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from mm1lab import yamlio
-from mm1lab.config import PARTS, ConfigError, MM1Config, plain
+from mm1lab.config import PARTS, ConfigError, MM1Config, build, plain
 
 PRECISIONS = ("fp32", "bf16")
 PARALLEL = ("auto", "none", "ddp", "fsdp")
@@ -35,16 +35,6 @@ def _parts(value: dict[str, Any], name: str, default: Any) -> dict[str, Any]:
     return {part: value.get(part, default) for part in PARTS}
 
 
-def _number(value: Any, name: str) -> Any:
-    """YAML 1.1 reads `1e-3` (no dot) as a string; accept it as the number it means."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"TrainConfig.{name} must be a number, got {value!r}") from None
-    return value
-
-
 @dataclass(kw_only=True)
 class OptimConfig:
     """AdamW + linear warmup + cosine decay. `lr=None` uses MM1's rule for the model's parameter count."""
@@ -59,8 +49,6 @@ class OptimConfig:
     lr_scale: dict[str, float] = field(default_factory=dict)   # per part, multiplies the peak LR
 
     def __post_init__(self) -> None:
-        for name in ("lr", "weight_decay", "eps", "min_lr_ratio", "grad_clip"):
-            setattr(self, name, _number(getattr(self, name), f"optim.{name}"))
         self.betas = tuple(self.betas)
         self.lr_scale = _parts(self.lr_scale, "optim.lr_scale", 1.0)
         _check(self.lr is None or self.lr > 0, f"TrainConfig.optim.lr must be > 0 or null, got {self.lr}")
@@ -154,7 +142,7 @@ class TrainConfig:
         for attr, cls in (("optim", OptimConfig), ("data", DataConfig), ("checkpoint", CheckpointConfig),
                           ("track", TrackConfig)):
             if isinstance(getattr(self, attr), dict):
-                setattr(self, attr, cls(**getattr(self, attr)))
+                setattr(self, attr, build(cls, getattr(self, attr), f"TrainConfig.{attr}"))
         self.freeze = _parts(self.freeze, "freeze", False)
         _check(self.stage in STAGES, f"TrainConfig.stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
         _check(self.steps > 0 and self.batch_size > 0, "TrainConfig.steps and batch_size must be positive")
@@ -193,14 +181,13 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """The stage preset of `data["stage"]` (default pretrain), with `data` deep-merged over it."""
+        _check(isinstance(data, dict) or data is None,
+               f"TrainConfig: a config is a mapping of fields, got {type(data).__name__}")
         data = dict(data or {})
         stage = data.get("stage", "pretrain")
-        _check(stage in STAGES, f"TrainConfig.stage must be one of {', '.join(STAGES)}, got {stage!r}")
-        merged = _merge(STAGES[stage], data)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(merged) - known)
-        _check(not unknown, f"TrainConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
-        return cls(**merged)
+        _check(isinstance(stage, str) and stage in STAGES,
+               f"TrainConfig.stage must be one of {', '.join(STAGES)}, got {stage!r}")
+        return build(cls, _merge(STAGES[stage], data), "TrainConfig")   # unknown fields and types checked there
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
@@ -209,6 +196,8 @@ class TrainConfig:
         if not path.exists():
             raise FileNotFoundError(f"no training config at {path}; see configs/ for examples")
         data = yamlio.load_file(path) or {}
+        _check(isinstance(data, dict), f"{path}: a training config is a mapping `field: value`, got "
+                                       f"{type(data).__name__}")
         for item in overrides or []:
             apply_override(data, item)
         try:
