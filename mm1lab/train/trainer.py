@@ -2,8 +2,10 @@
 
 A step draws one global batch (`batch_size` sequences over all ranks), runs it as micro-batches, and makes one
 AdamW update. The loss is token-weighted over the *global* batch: each micro-batch's mean cross-entropy is scaled
-by its share of the global loss tokens, so the gradient is the same for any split into ranks and micro-batches
-(what makes the torchrun run reproduce the single-process one). MoE auxiliary losses are averaged per micro-batch.
+by its share of the global loss tokens. With unpacked rows (`pack: false`) the gradient is then the same for any
+split into ranks and micro-batches, so a torchrun run reproduces the single-process one. Packed rows let documents
+attend to each other and MoE auxiliary losses are averaged per micro-batch, so there the split matters: a run
+reproduces the single-process one at the same `micro_batch_size` only (docs/distributed.md).
 """
 
 from __future__ import annotations
