@@ -25,6 +25,7 @@ from mm1lab.data.formats import caption_stream, interleaved_stream, iter_samples
 from mm1lab.data.mixture import MixtureDataset
 from mm1lab.data.sample import SKIP_REASONS, DataError, Sample, Skips
 from mm1lab.data.tokenizer import default_samples_dir, load_tokenizer
+from mm1lab.eval.items import coco_items
 
 SAMPLES = default_samples_dir()
 
@@ -199,6 +200,8 @@ def test_eval_entries_with_bad_fields_are_named(tmp_path):
     assert any("captions_val2014.json images[2] id=" in e and "'file_name'" in e for e in skips.examples)
     with pytest.raises(DataError, match=r"captions_val2014.json annotations\[0\]: bad_record"):
         read_coco_captions(tmp_path / "coco" / "captions_val2014.json", tmp_path / "coco" / "val2014", strict=True)
+    with pytest.warns(UserWarning, match=r"2 entries skipped \{'bad_record': 2\} and left out of the evaluation"):
+        assert len(coco_items(tmp_path / "coco", 0, n=4)) == 4   # `mm1lab eval --suite coco` says so too
 
     vqa = tmp_path / "vqav2"
     questions = json.loads((vqa / "v2_OpenEnded_mscoco_val2014_questions.json").read_text())

@@ -10,6 +10,7 @@ live in `mm1lab.data.prompts`. An item is a plain dict in the layout of `mm1lab.
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,13 @@ def coco_items(coco_dir: str | Path, shots: int, *, n: int, seed: int = 0) -> li
     """COCO-captions items from `coco_dir` (annotations/captions_val2014.json or captions_val2014.json, and
     the images in val2014/); demonstrations are other images of the same file, their first reference caption."""
     from mm1lab.data.eval_formats import read_coco_captions
+    from mm1lab.data.sample import Skips
 
-    root = Path(coco_dir)
+    root, skips = Path(coco_dir), Skips()
     ann = _first_existing(root, ("annotations/captions_val2014.json", "captions_val2014.json"), "COCO captions JSON")
     images = _first_existing(root, ("val2014", "images/val2014", "images"), "COCO image folder")
-    pool = read_coco_captions(ann, images, limit=n + DEMO_POOL)   # only these images are decoded
+    pool = read_coco_captions(ann, images, limit=n + DEMO_POOL, skips=skips)   # only these images are decoded
+    _report_skips(ann, skips)
     pool = [dict(question="", answer=p["answers"][0], answers=p["answers"], images=[p["image"]], id=p["id"])
             for p in pool if p["answers"]]
     return _real_items("caption", pool, shots, n=n, seed=seed)
@@ -51,17 +54,26 @@ def vqav2_items(vqav2_dir: str | Path, shots: int, *, n: int, seed: int = 0) -> 
     """VQAv2 items from `vqav2_dir` (the questions and annotations JSON, images in val2014/); demonstrations
     are other questions of the same file with their most common ("multiple choice") answer."""
     from mm1lab.data.eval_formats import read_vqav2
+    from mm1lab.data.sample import Skips
 
-    root = Path(vqav2_dir)
+    root, skips = Path(vqav2_dir), Skips()
     questions = _first_existing(root, ("v2_OpenEnded_mscoco_val2014_questions.json",
                                        "questions/v2_OpenEnded_mscoco_val2014_questions.json"), "VQAv2 questions JSON")
     answers = _first_existing(root, ("v2_mscoco_val2014_annotations.json",
                                      "annotations/v2_mscoco_val2014_annotations.json"), "VQAv2 annotations JSON")
     images = _first_existing(root, ("val2014", "images/val2014", "images"), "VQAv2 (COCO) image folder")
-    pool = read_vqav2(questions, answers, images, limit=n + DEMO_POOL)
+    pool = read_vqav2(questions, answers, images, limit=n + DEMO_POOL, skips=skips)
+    _report_skips(questions, skips)
     pool = [dict(question=p["question"], answer=p["answer"], answers=p["answers"], images=[p["image"]], id=p["id"])
             for p in pool if p["answers"]]
     return _real_items("vqa", pool, shots, n=n, seed=seed)
+
+
+def _report_skips(path: Path, skips) -> None:
+    """Entries a reader skipped are left out of the evaluation: say so (how many, why, the first), never silently."""
+    if skips.counts:
+        warnings.warn(f"{path}: {sum(skips.counts.values())} entries skipped {dict(skips.counts)} and left out of "
+                      f"the evaluation, e.g. {skips.examples[0]} (docs/robustness.md)", stacklevel=3)
 
 
 def _real_items(task: str, pool: list[Item], shots: int, *, n: int, seed: int) -> list[Item]:
