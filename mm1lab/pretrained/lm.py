@@ -165,7 +165,8 @@ def load_hf_lm(folder: str | Path, *, tokenizer: bool = True, add_special_tokens
 
     Args:
         folder: local folder with config.json, *.safetensors (sharded or not) and tokenizer files.
-        tokenizer: also load the tokenizer (needed for `add_special_tokens` and the image token id).
+        tokenizer: also load the tokenizer (needed for `add_special_tokens` and the image token id); a folder
+            without tokenizer files is refused, since its vocabulary would be unknown.
         add_special_tokens: add `<image>`, `<|user|>`, `<|assistant|>`, `<|end|>` (+ a pad token if missing)
             and resize the embeddings; logits over the original vocabulary are unchanged.
         dtype: parameter dtype (default: fp32).
