@@ -125,6 +125,18 @@ def test_bytes_that_are_not_utf8_are_bad_text(tmp_path):
         read(text_stream(tmp_path / "t.jsonl"), strict=True)
 
 
+def test_pathological_records_are_skips_not_crashes(tmp_path):
+    lines = ['{"text": ' + "9" * 5000 + "}",                       # beyond Python's int-parsing limit
+             "[" * 100_000,                                          # nested beyond the recursion limit
+             json.dumps({"texts": ["a", None], "images": [None, "x" * 5000 + ".jpg"]}),   # a name too long to look up
+             json.dumps({"texts": ["a", None], "images": [None, "images/doc00000_01.jpg"]})]
+    (tmp_path / "t.jsonl").write_text("\n".join(lines) + "\n")
+    shutil.copytree(SAMPLES / "interleaved" / "images", tmp_path / "images")
+    assert read(text_stream(tmp_path / "t.jsonl"))[1] == {"bad_json": 2, "bad_record": 2}
+    samples, skipped = read(interleaved_stream(tmp_path / "t.jsonl"))
+    assert len(samples) == 1 and skipped == {"bad_json": 2, "missing_image": 1}
+
+
 def test_a_broken_json_sidecar_skips_its_sample(tmp_path):
     rewrite_tar(SAMPLES / "captions" / "00000.tar", tmp_path / "00000.tar",
                 lambda name, data: data[:10] if name == "000000004.json" else b"[1]" if name == "000000005.json"

@@ -83,8 +83,8 @@ def parse_json(data: bytes, where: str, *, reason: str = "bad_json") -> Any:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SkipSample(reason, where, f"{exc.msg} at column {exc.colno}") from None
-    except RecursionError:
-        raise SkipSample(reason, where, "nested too deeply") from None
+    except (ValueError, RecursionError) as exc:   # an integer of more than 4300 digits; nesting too deep
+        raise SkipSample(reason, where, f"{type(exc).__name__}: {exc}") from None
     return check_text(value, where)
 
 
@@ -103,8 +103,8 @@ def read_json_file(path: str | Path, hint: str = "") -> Any:
         raise DataError(f"{path}: byte {exc.start} is not UTF-8; re-encode the file as UTF-8") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}:{exc.colno}: malformed JSON ({exc.msg}){hint}") from None
-    except RecursionError:
-        raise DataError(f"{path}: JSON nested too deeply to read") from None
+    except (ValueError, RecursionError) as exc:   # an integer of more than 4300 digits; nesting too deep
+        raise DataError(f"{path}: unreadable JSON ({type(exc).__name__}: {exc})") from None
 
 
 def is_int(value: Any) -> bool:
@@ -114,8 +114,13 @@ def is_int(value: Any) -> bool:
 
 def open_image(source: bytes | str | Path, where: str) -> Image.Image:
     """Decode an image fully (so truncation shows here, not later in the collator) as RGB, or raise `SkipSample`."""
-    if not isinstance(source, bytes) and not Path(source).is_file():
-        raise SkipSample("missing_image", where, f"no file {source}")
+    if not isinstance(source, bytes):
+        try:
+            found = Path(source).is_file()
+        except OSError as exc:   # a name too long for the file system, a loop of symlinks, ...
+            raise SkipSample("missing_image", where, f"cannot look up {str(source)[:200]!r}: {exc.strerror}") from None
+        if not found:
+            raise SkipSample("missing_image", where, f"no file {source}")
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=IMAGE_FORMATS) as image:
             if image.width == 0 or image.height == 0:
