@@ -37,6 +37,11 @@ def sample_next(logits: Tensor, *, temperature: float, top_p: float, generator: 
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def _hooked(module) -> bool:
+    """True when a forward hook or pre-hook is registered on `module` or any module inside it."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+
 def generate(model, input_ids: Tensor, images: Tensor | list | None = None, *, attention_mask: Tensor | None = None,
              max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
              stop_tokens: list[int] | None = None, generator: torch.Generator | None = None,
@@ -47,7 +52,7 @@ def generate(model, input_ids: Tensor, images: Tensor | list | None = None, *, a
     stop_tokens: ids that end a sequence (default: eos); the stop token itself is kept in the output.
     return_logits: also return the logits (b, t, v) each token was chosen from.
     packed: run decode steps through `mm1lab.decode_step.PackedDecoder` (faster; holds a stacked copy of the
-        q/k/v and gate/up weights); False runs every step through `model.forward`.
+        q/k/v and gate/up weights); False runs every step through `model.forward`, as do hooked LMs.
     """
     # inference_mode skips autograd's version counters and view tracking (cheaper per op than no_grad); the
     # results are cloned on the way out so callers may use them in autograd later (e.g. train on the samples).
@@ -79,7 +84,8 @@ def _generate(model, input_ids, images, *, attention_mask, max_new_tokens, tempe
 
     out = model(input_ids, images, attention_mask=attention_mask, cache=cache, logits_to_keep=1)
     logits = out.logits[:, -1]
-    decoder = PackedDecoder.of(model.lm) if packed else None
+    # Forward hooks inside the LM (mm1lab.interpret) must fire on every step: the packed step would bypass them.
+    decoder = PackedDecoder.of(model.lm) if packed and not _hooked(model.lm) else None
     positions = positions_from_mask(attention_mask, input_ids)[:, -1]
     padded = not bool(attention_mask.all())   # without padding, decode steps need no mask (positions suffice)
     done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)

@@ -3,7 +3,8 @@
 Every function builds a `matplotlib.figure.Figure` directly (no pyplot state), so it runs headless (papermill,
 tests, the Agg backend); the Figure subclass has a PNG repr, so a notebook cell shows the figure it returns
 exactly once. Widgets call these same
-functions; they hold no plotting logic of their own.
+functions; they hold no plotting logic of their own. Heat maps over images go through `overlay`, whose opacity rises
+with the value (cells with little weight show the picture untouched), and name their colour scale (`SCALES`).
 """
 
 from __future__ import annotations
@@ -63,30 +64,77 @@ def to_display(image) -> np.ndarray:
     return image
 
 
-def plot_image_attention(image, patch_map, *, alpha: float = 0.55, title: str | None = None,
-                         cmap: str = "inferno", smooth: bool = False) -> Figure:
-    """The image with a (gh, gw) patch-level heatmap stretched over it, plus a colorbar (2 axes).
+# What a heat map's colour means; the colour bar says which one a figure shows.
+SCALES = {
+    "share": "share of the token's whole attention",
+    "image": "distribution within the image (sums to 1)",
+}
 
-    smooth: bilinear upsampling instead of one flat block per patch (nearest shows the true resolution).
-    """
-    img, heat = to_display(image), _numpy(patch_map)
+
+def overlay(ax, image, heat, *, vmax: float, cmap: str = "inferno", alpha: float = 0.8, smooth: bool = False):
+    """Draw `image` with a (gh, gw) `heat` map stretched over it. Opacity rises with the value, from clear at 0 to
+    `alpha` at `vmax`, so cells with little weight show the picture untouched. Returns a mappable for a colour bar."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    img, heat = to_display(image), _numpy(heat)
     if heat.ndim != 2:
-        raise ValueError(f"patch_map must be a 2-D (gh, gw) grid, got shape {heat.shape}")
+        raise ValueError(f"the heat map must be a 2-D (gh, gw) grid, got shape {heat.shape}")
     h, w = img.shape[:2]
-    fig = NotebookFigure(figsize=(4.6, 4.0), layout="constrained")
-    ax = fig.add_subplot()
-    ax.imshow(img, extent=(0, w, h, 0))
-    # extent stretches the gh x gw grid over the whole picture: patch (i, j) covers its own pixels.
-    layer = ax.imshow(heat, extent=(0, w, h, 0), alpha=alpha, cmap=cmap, vmin=0,
-                      vmax=max(float(heat.max()), 1e-12), interpolation="bilinear" if smooth else "nearest")
+    norm = Normalize(vmin=0, vmax=max(float(vmax), 1e-12))
+    level = np.clip(norm(heat), 0, 1)
+    rgba = colormaps[cmap](level)
+    rgba[..., 3] = alpha * level
+    # nearest keeps a small picture's pixels crisp; extent stretches patch (i, j) over its own pixels.
+    ax.imshow(img, extent=(0, w, h, 0), interpolation="nearest")
+    ax.imshow(rgba, extent=(0, w, h, 0), interpolation="bilinear" if smooth else "nearest")
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
     ax.set_xticks([])
     ax.set_yticks([])
+    return ScalarMappable(norm=norm, cmap=cmap)
+
+
+def scale_label(scale: str, vmax: float | None) -> str:
+    """The colour bar's label: what the colour means and how its range was chosen."""
+    if scale not in SCALES:
+        raise ValueError(f"scale={scale!r}; choose one of {', '.join(SCALES)}")
+    fixed = f"0 to {vmax:.1%}, fixed" if vmax is not None else "0 to this view's maximum"
+    return f"{SCALES[scale]}\n(colour: {fixed})"
+
+
+def plot_image_attention(image, patch_map, *, scale: str = "image", vmax: float | None = None,
+                         alpha: float = 0.8, title: str | None = None, cmap: str = "inferno",
+                         smooth: bool = False) -> Figure:
+    """The image as it is, beside it with a (gh, gw) patch-level heat map over it, plus a colour bar (3 axes).
+
+    scale: what the map holds, named on the colour bar: "image" (renormalised within the image, e.g.
+        `image_attention(..., normalise=True)`) or "share" (the share of the token's whole attention,
+        `normalise=False`), which compares across heads and layers when `vmax` is held fixed.
+    vmax: top of the colour range; default this map's maximum (then only the pattern compares, not the level).
+    smooth: bilinear upsampling instead of one flat block per patch (nearest shows the true resolution).
+    """
+    heat = _numpy(patch_map)
+    top = vmax if vmax is not None else float(heat.max()) if heat.size else 0.0
+    fig = NotebookFigure(figsize=(7.4, 3.7), layout="constrained")
+    plain, ax = fig.subplots(1, 2)
+    img = to_display(image)
+    plain.imshow(img, interpolation="nearest")
+    plain.set_xticks([])
+    plain.set_yticks([])
+    plain.set_title("image", fontsize=9)
+    mappable = overlay(ax, img, heat, vmax=top, cmap=cmap, alpha=alpha, smooth=smooth)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.colorbar(layer, ax=ax, shrink=0.8, label="attention share")
+    bar = fig.colorbar(mappable, ax=ax, shrink=0.85)
+    bar.set_label(scale_label(scale, vmax), fontsize=8)
+    bar.ax.yaxis.set_major_formatter(_percent)
     return fig
+
+
+def _percent(value, _pos=None) -> str:
+    return f"{100 * value:.2g}%"
 
 
 def plot_sampling_points(image, points, weights, *, title: str | None = None, cmap: str = "viridis") -> Figure:

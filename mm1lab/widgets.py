@@ -21,9 +21,12 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from mm1lab import plots
+from mm1lab.interpret.heads import head_view
 from mm1lab.probe import attention_for_generation, image_attention, image_spans, router_load
 
 MEAN = "mean"                               # the head control's value for the mean over heads
+SPECIAL_NAMES = {"pad_token_id": "<pad>", "bos_token_id": "<bos>", "eos_token_id": "<eos>",
+                 "image_token_id": "<image>"}
 
 
 def _as_sample(sample, index: int) -> dict:
@@ -43,15 +46,27 @@ def _as_sample(sample, index: int) -> dict:
     return sample
 
 
-def _token_label(token: int, cfg, decode: Callable | None) -> str:
+def token_label(token: int, cfg, decode: Callable | None) -> str:
+    """A readable label for one token id: its text in quotes, or the special token's name (`<|end|>`, `<eos>`).
+
+    A tokenizer's plain decode drops special tokens (an end of turn would show as ''); then the label asks
+    `decode(ids, skip_special=False)` (mm1lab's tokenizer), then the config's special ids, then shows `#id`.
+    """
+    names = {getattr(cfg, key): name for key, name in SPECIAL_NAMES.items() if hasattr(cfg, key)}
     if token == cfg.image_token_id:
         return "<image>"
     if decode is None:
-        return f"#{token}"
+        return names.get(token, f"#{token}")
     try:
-        return repr(decode([token]))
-    except Exception:                      # a label must never break the explorer; fall back to the id
-        return f"#{token}"
+        text = decode([token])
+        if text == "":
+            try:
+                text = decode([token], skip_special=False)
+            except TypeError:                  # a decode without that keyword
+                pass
+        return repr(text) if text else names.get(token, f"#{token}")
+    except Exception:                          # a label must never break the explorer; fall back to the id
+        return names.get(token, f"#{token}")
 
 
 def _figure_output(fig, text: str) -> dict:
@@ -64,6 +79,18 @@ def _figure_output(fig, text: str) -> dict:
 
 def _text_output(text: str, name: str = "stdout") -> dict:
     return {"output_type": "stream", "name": name, "text": text if text.endswith("\n") else text + "\n"}
+
+
+def note_output(*lines: str) -> dict:
+    """Explanatory lines as HTML that wraps between words (JupyterLab breaks plain stream text anywhere, even
+    mid-word); one line per fact. Class `mm1lab-note` (the browser test looks for it)."""
+    import html
+
+    body = "<br>".join(html.escape(line) for line in lines)
+    style = "white-space: normal; word-break: normal; overflow-wrap: normal; font-size: 12px; line-height: 1.45"
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"text/html": f'<div class="mm1lab-note" style="{style}">{body}</div>',
+                     "text/plain": "\n".join(lines)}}
 
 
 class Explorer:
@@ -94,8 +121,10 @@ class Explorer:
 
 @torch.no_grad()
 def attention_explorer(model, samples: Sequence, *, decode: Callable | None = None, max_new_tokens: int = 8,
-                       alpha: float = 0.55) -> Explorer:
-    """Text-to-image attention of generated tokens: sample, generated token, layer, head (or the mean), image.
+                       alpha: float = 0.8) -> Explorer:
+    """Text-to-image attention of generated tokens: sample, generated token, layer, head (or the mean), image,
+    and the colour scale: "share" (the share of the token's whole attention, on one fixed range for all layers
+    and heads of that token, so they compare by eye) or "image" (renormalised within the image, to each view's max).
 
     Generates greedily from each sample once and re-runs prompt + answer once with attention (see
     `probe.attention_for_generation`); the map for token j is the attention row that predicted it.
@@ -110,10 +139,19 @@ def attention_explorer(model, samples: Sequence, *, decode: Callable | None = No
     for s in samples:
         new = model.generate(s["input_ids"], s["images"], max_new_tokens=max_new_tokens)
         probes.append(attention_for_generation(model, s["input_ids"], s["images"], new))
+    tops: dict[tuple[int, int, int], float] = {}
+
+    def share_top(sample: int, pos: int, image: int) -> float:
+        """The largest share-scale patch value over every layer and head of this token: the fixed colour range."""
+        if (sample, pos, image) not in tops:
+            p = probes[sample]
+            view = head_view(p.out, cfg, input_ids=p.input_ids, query_pos=pos)
+            tops[(sample, pos, image)] = float(view.maps[:, :, image].max())
+        return tops[(sample, pos, image)]
 
     def token_options(i: int) -> list[tuple[str, int]]:
         p = probes[i]
-        return [(f"{j}: {_token_label(int(tok), cfg, decode)}", j)
+        return [(f"{j}: {token_label(int(tok), cfg, decode)}", j)
                 for j, tok in enumerate(p.new_tokens[0].tolist()) if p.valid[0, j]]
 
     def image_options(i: int) -> list[tuple[str, int]]:
@@ -131,10 +169,12 @@ def attention_explorer(model, samples: Sequence, *, decode: Callable | None = No
         head=w.Dropdown(options=[("mean over heads", MEAN)] + [(f"head {h}", h) for h in range(heads)],
                         value=MEAN, description="head"),
         image=w.Dropdown(options=image_options(0), description="image"),
+        scale=w.ToggleButtons(options=[("share of attention", "share"), ("within image", "image")], value="share",
+                              description="colour"),
     )
     output = w.Output(layout=w.Layout(min_height="300px"))
 
-    def draw(*, sample, token, layer, head, image) -> list[dict]:
+    def draw(*, sample, token, layer, head, image, scale) -> list[dict]:
         p, s = probes[sample], samples[sample]
         if token is None:
             return [_text_output(f"sample {sample}: no generated tokens to inspect")]
@@ -142,16 +182,21 @@ def attention_explorer(model, samples: Sequence, *, decode: Callable | None = No
             return [_text_output(f"sample {sample} has no image")]
         head = None if head == MEAN else head
         pos = int(p.query_positions[0, token])
-        maps = image_attention(p.out, cfg, input_ids=p.input_ids, sample=0, query_pos=pos, layer=layer, head=head)
+        maps = image_attention(p.out, cfg, input_ids=p.input_ids, sample=0, query_pos=pos, layer=layer, head=head,
+                               normalise=scale == "image")
         m = maps[image]
         pixels = s["pixels"][image] if s.get("pixels") is not None else s["images"][image]
-        label = _token_label(int(p.new_tokens[0, token]), cfg, decode)
+        label = token_label(int(p.new_tokens[0, token]), cfg, decode)
         who = "mean over heads" if head is None else f"head {head}"
-        title = f"token {token} {label}, layer {layer}, {who}\n{m['mass']:.1%} of attention on image {image}"
-        outs = [_text_output(f"query position {pos} (predicts token {token} {label}); map via {m['mapping']}; "
-                             f"attention mass per image: " + ", ".join(f"{x['mass']:.3f}" for x in maps))]
-        outs.append(_figure_output(plots.plot_image_attention(pixels, m["patch_map"], alpha=alpha, title=title),
-                                   title))
+        title = f"token {token} {label}, layer {layer}, {who}\n{m['mass']:.1%} of its attention is on image {image}"
+        vmax = share_top(sample, pos, image) if scale == "share" else None
+        masses = ", ".join(f"{x['mass']:.3f}" for x in maps)
+        outs = [note_output(f"Query position {pos} predicts token {token} {label}.",
+                            f"Attention mass per image: {masses}.",
+                            f"Mapped onto patches via {m['mapping']}.",
+                            "Colour: " + plots.scale_label(scale, vmax).replace("\n", " "))]
+        fig = plots.plot_image_attention(pixels, m["patch_map"], scale=scale, vmax=vmax, alpha=alpha, title=title)
+        outs.append(_figure_output(fig, title))
         if "points" in m:
             fig = plots.plot_sampling_points(pixels, m["points"], m["point_weights"],
                                              title="sampling points weighted by this token's attention")
@@ -159,7 +204,7 @@ def attention_explorer(model, samples: Sequence, *, decode: Callable | None = No
         return outs
 
     box = w.VBox([w.HBox([controls["sample"], controls["token"], controls["image"]]),
-                  w.HBox([controls["layer"], controls["head"]]), output])
+                  w.HBox([controls["layer"], controls["head"]]), controls["scale"], output])
     explorer = Explorer(box, controls, output, draw, probes)
     busy = [False]                          # while options are being replaced, skip the intermediate redraws
 
@@ -177,7 +222,7 @@ def attention_explorer(model, samples: Sequence, *, decode: Callable | None = No
             explorer.redraw()
 
     controls["sample"].observe(on_sample, names="value")
-    for name in ("token", "layer", "head", "image"):
+    for name in ("token", "layer", "head", "image", "scale"):
         controls[name].observe(on_other, names="value")
     explorer.redraw()
     return explorer
@@ -216,15 +261,16 @@ def router_explorer(model, samples: Sequence, *, decode: Callable | None = None,
         mask = {"all": None, "image": is_image, "text": ~is_image}[tokens]
         load = router_load(out, cfg, tokens=mask)
         title = f"sample {sample}, {tokens} tokens: expert share (uniform = {load.uniform:.3f})"
-        result = [_text_output("per layer: max share " + ", ".join(f"{v:.2f}" for v in load.max_share.tolist())
-                               + " | dead experts " + ", ".join(str(v) for v in load.dead.tolist())),
+        result = [note_output("Per layer, the largest expert share: "
+                              + ", ".join(f"{v:.2f}" for v in load.max_share.tolist()) + ".",
+                              "Dead experts per layer: " + ", ".join(str(v) for v in load.dead.tolist()) + "."),
                   _figure_output(plots.plot_router_load(load, title=title), title)]
         n = ids.shape[1]
         if not 0 <= start < n:
             raise IndexError(f"from token={start} is outside sample {sample} ({n} tokens)")
         stop = min(n, start + max_tokens)
         r = out.routers[layer]
-        labels = [f"{i} {_token_label(t, cfg, decode)}" for i, t in enumerate(ids[0, start:stop].tolist(), start)]
+        labels = [f"{i} {token_label(t, cfg, decode)}" for i, t in enumerate(ids[0, start:stop].tolist(), start)]
         fig = plots.plot_token_routing(r.probs[start:stop], r.experts[start:stop], labels=labels,
                                        title=f"layer {moe_layers[layer]}: tokens {start}..{stop - 1}")
         result.append(_figure_output(fig, "token routing"))

@@ -172,7 +172,7 @@ def test_plot_functions_return_figures_headless():
     cfg, _, ids, images, out = probe_forward("d-abstractor", moe=MOE)
     m = image_attention(out, cfg, input_ids=ids, sample=0, query_pos=ids.shape[1] - 1, layer=1)[0]
     figures = {
-        "image_attention": (plots.plot_image_attention(images[0], m["patch_map"], alpha=0.5, title="t"), 2),
+        "image_attention": (plots.plot_image_attention(images[0], m["patch_map"], alpha=0.5, title="t"), 3),
         "sampling_points": (plots.plot_sampling_points(images[0], m["points"], m["point_weights"]), 2),
         "router_load": (plots.plot_router_load(router_load(out, cfg)), 2),
         "token_routing": (plots.plot_token_routing(out.routers[0].probs[:6], out.routers[0].experts[:6]), 2),
@@ -191,6 +191,47 @@ def test_plot_functions_return_figures_headless():
         fig.canvas.draw()                                                # really renders with Agg
     # A notebook cell shows a returned figure without pyplot's inline backend.
     assert figures["scores"][0]._repr_png_().startswith(b"\x89PNG")
+
+
+def test_attention_maps_keep_the_picture_and_name_their_colour_scale():
+    """Cells with no weight show the image untouched (opacity rises with the value), the plain image sits beside
+    the map, and the colour bar says which scale is shown: renormalised within the image, or the share of all
+    attention on a fixed range that compares across heads and layers."""
+    import numpy as np
+
+    from mm1lab import plots
+
+    image = np.zeros((32, 32, 3))
+    image[:16, :16] = (0.16, 0.7, 0.24)                                 # a green square, top left
+    heat = np.zeros((4, 4))
+    heat[3, 3] = 0.02                                                   # 2% of the attention, bottom right
+    fig = plots.plot_image_attention(image, heat, scale="share", vmax=0.4)
+    plain, over, bar = fig.axes
+    assert np.array_equal(plain.get_images()[0].get_array(), image)
+    rgba = over.get_images()[1].get_array()
+    assert rgba[..., 3][heat == 0].max() == 0                           # clear where there is no attention
+    assert 0 < rgba[3, 3, 3] < 0.1                                      # faint: 2% on a 0..40% range
+    assert "share of the token's whole attention" in bar.get_ylabel() and "0 to 40.0%, fixed" in bar.get_ylabel()
+    fig = plots.plot_image_attention(image, heat / heat.sum(), scale="image")
+    assert "within the image" in fig.axes[2].get_ylabel() and "this view's maximum" in fig.axes[2].get_ylabel()
+    assert fig.axes[1].get_images()[1].get_array()[3, 3, 3] == pytest.approx(0.8)   # its own maximum: opaque
+    with pytest.raises(ValueError, match="scale="):
+        plots.plot_image_attention(image, heat, scale="attention share")
+
+
+def test_token_labels_name_special_tokens_instead_of_showing_blanks():
+    from mm1lab.data.tokenizer import load_tokenizer
+    from mm1lab.widgets import token_label
+
+    tok = load_tokenizer()
+    cfg = tiny_config()
+    assert tok.decode([tok.end_id]) == ""                              # the plain decode drops it
+    assert token_label(tok.end_id, cfg, tok.decode) == "'<|end|>'"
+    assert token_label(tok.eos_id, cfg, tok.decode) == "'<eos>'"
+    assert token_label(cfg.image_token_id, cfg, tok.decode) == "<image>"
+    assert token_label(tok.encode(" red")[0], cfg, tok.decode) == "' red'"
+    assert token_label(cfg.eos_token_id, cfg, lambda ids: "") == "<eos>"   # a decode without skip_special
+    assert token_label(40, cfg, None) == "#40"
 
 
 def test_to_display_accepts_pil_uint8_and_tensors():
@@ -219,7 +260,7 @@ def test_attention_explorer_builds_draws_and_shows_errors(kind):
     samples = [dict(input_ids=ids[0], images=images[:2], id="two"), (ids[1], images[2:])]
     ex = attention_explorer(model, samples, decode=lambda t: f"w{t[0]}", max_new_tokens=3)
     assert isinstance(ex.widget, ipywidgets.VBox)
-    assert set(ex.controls) == {"sample", "token", "layer", "head", "image"}
+    assert set(ex.controls) == {"sample", "token", "layer", "head", "image", "scale"}
     assert ex.controls["head"].options[0] == ("mean over heads", ex.controls["head"].value)   # shown, not blank
     assert ex.error is None
     pngs = [o for o in ex.output.outputs if "image/png" in o.get("data", {})]
@@ -228,6 +269,11 @@ def test_attention_explorer_builds_draws_and_shows_errors(kind):
     assert ex.controls["image"].options == (("image 0", 0),) and ex.error is None
     ex.controls["head"].value = 1
     assert ex.error is None and any("image/png" in o.get("data", {}) for o in ex.output.outputs)
+    note = ex.output.outputs[0]["data"]                                 # explanations wrap between words
+    assert 'class="mm1lab-note"' in note["text/html"] and "word-break: normal" in note["text/html"]
+    assert "fixed" in note["text/plain"]                                # the share scale: one range per token
+    ex.controls["scale"].value = "image"
+    assert ex.error is None and "within the image" in ex.output.outputs[0]["data"]["text/plain"]
     ex.redraw(layer=99)                                                # a bad layer: shown, not swallowed
     assert "layer=99" in ex.error
     (shown,) = ex.output.outputs
