@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from mm1lab.config import LMConfig
 from mm1lab.moe import MoE, RouterInfo
-from mm1lab.nn import RMSNorm, SwiGLU, attention
+from mm1lab.nn import RMSNorm, SwiGLU, attention, document_mask
 
 
 class KVCache:
@@ -148,16 +148,24 @@ class DecoderLM(nn.Module):
             self.lm_head.weight = self.embed.weight
 
     def forward(self, embeds: Tensor, positions: Tensor, *, cache: KVCache | None = None,
-                key_mask: Tensor | None = None, logits_to_keep: int = 0, head: bool = True,
-                return_attention: bool = False) -> LMOutput:
+                key_mask: Tensor | None = None, segment_ids: Tensor | None = None, logits_to_keep: int = 0,
+                head: bool = True, return_attention: bool = False) -> LMOutput:
         """Run the decoder on input embeddings (b, n, d) at integer `positions` (b, n).
 
         key_mask: (b, s) bool over cached + new positions, False for padding (left-padded prompts).
+        segment_ids: (b, n) packed documents (1, 2, ... per document, 0 on padding): each attends only to itself
+            (`document_mask`); training only, not with a cache. Positions are the caller's (`document_positions`).
         head: False skips the LM head (logits stay empty); the caller applies `lm_head` to the rows it needs.
         """
         n = embeds.shape[1]
         past = cache.length if cache is not None else 0
-        mask, causal = self._mask(n, past, key_mask, embeds.device)
+        if segment_ids is not None and cache is not None:
+            raise ValueError("segment_ids (packed documents) are for training forwards; generation with a KV cache "
+                             "takes one document per row")
+        if segment_ids is not None and not _one_document_per_row(segment_ids):
+            mask, causal = document_mask(segment_ids, flex=embeds.is_cuda and not return_attention), False
+        else:   # one document per row, right-padded: plain causal attention is exact for every real token
+            mask, causal = self._mask(n, past, key_mask if segment_ids is None else None, embeds.device)
         rope = self.rotary(positions, embeds.dtype)
         x, attentions, routers = embeds, [] if return_attention else None, []
         for i, layer in enumerate(self.layers):
@@ -193,6 +201,20 @@ class DecoderLM(nn.Module):
             # A fully masked row (a left-pad query) would give NaN; let it attend anywhere (its output is unused).
             mask = mask | ~mask.any(-1, keepdim=True)
         return mask, False
+
+
+def _one_document_per_row(segment_ids: Tensor) -> bool:
+    """True when every row is one document, then padding (ids 1 ... 1 0 ... 0): no document mask needed."""
+    return bool((segment_ids <= 1).all() and (segment_ids[:, 1:] <= segment_ids[:, :-1]).all())
+
+
+def document_positions(segment_ids: Tensor) -> Tensor:
+    """Position ids (b, n) that restart at 0 at the first token of every packed document (and of the padding)."""
+    b, n = segment_ids.shape
+    index = torch.arange(n, device=segment_ids.device).expand(b, n)
+    first = torch.ones_like(segment_ids, dtype=torch.bool)
+    first[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    return index - torch.where(first, index, 0).cummax(-1).values
 
 
 def positions_from_mask(attention_mask: Tensor | None, input_ids: Tensor, *, past: int = 0) -> Tensor:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from mm1lab.config import IGNORE, PARTS, ConfigError, MM1Config
 from mm1lab.connectors import ConnectorInfo, build_connector
-from mm1lab.lm import DecoderLM, KVCache, positions_from_mask
+from mm1lab.lm import DecoderLM, KVCache, document_positions, positions_from_mask
 from mm1lab.moe import RouterInfo
 from mm1lab.safetensors_io import (
     CheckpointError,
@@ -109,13 +109,15 @@ class MM1Model(nn.Module):
     # ---- forward ---------------------------------------------------------------------------------------
     def forward(self, input_ids: Tensor, images: Tensor | list | None = None, *, labels: Tensor | None = None,
                 loss_mask: Tensor | None = None, attention_mask: Tensor | None = None,
-                position_ids: Tensor | None = None, cache: KVCache | None = None, logits_to_keep: int = 0,
-                return_attention: bool = False, return_logits: bool = True) -> MM1Output:
+                position_ids: Tensor | None = None, segment_ids: Tensor | None = None, cache: KVCache | None = None,
+                logits_to_keep: int = 0, return_attention: bool = False, return_logits: bool = True) -> MM1Output:
         """Logits for `input_ids` (b, n), with `images` (N, c, H, W) filling the placeholders.
 
         labels: (b, n) targets, not shifted (the model shifts); IGNORE (-100), image placeholders and padding
             take no loss. loss_mask: optional (b, n) bool, True where a token is trained (SFT: assistant turns).
         attention_mask: (b, past + n) bool over cached and new positions, False on padding.
+        segment_ids: (b, n) packed rows (the collator's `segment_ids`: 1, 2, ... per document, 0 on padding). Each
+            document attends only to itself and its positions restart at 0, so its logits are those it has alone.
         return_attention: also return attention maps,
             encoder and connector intermediates (slower: attention is materialised).
         return_logits: False (training, with `labels`) runs the LM head only on the positions that take a loss and
@@ -138,11 +140,12 @@ class MM1Model(nn.Module):
             raise ValueError(f"attention_mask covers {key_mask.shape[1]} positions; with {past} cached and {n} new "
                              f"tokens it must cover {past + n}")
         if position_ids is None:
-            position_ids = positions_from_mask(key_mask, input_ids, past=past)
+            position_ids = document_positions(segment_ids) if segment_ids is not None else \
+                positions_from_mask(key_mask, input_ids, past=past)
         if not return_logits and labels is None:
             raise ValueError("return_logits=False needs labels: without a loss there is nothing to return")
-        lm_out = self.lm(embeds, position_ids, cache=cache, key_mask=key_mask, logits_to_keep=logits_to_keep,
-                         head=return_logits, return_attention=return_attention)
+        lm_out = self.lm(embeds, position_ids, cache=cache, key_mask=key_mask, segment_ids=segment_ids,
+                         logits_to_keep=logits_to_keep, head=return_logits, return_attention=return_attention)
         out.logits, out.lm_attentions, out.routers = lm_out.logits, lm_out.attentions, lm_out.routers
         if labels is not None:
             self._loss(out, input_ids, labels, loss_mask, None if key_mask is None else key_mask[:, past:],

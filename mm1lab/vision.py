@@ -22,20 +22,31 @@ from mm1lab.nn import MLP, attention
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention through SDPA; `return_attention` computes the probabilities explicitly."""
+    """Multi-head self-attention through SDPA; `return_attention` computes the probabilities explicitly.
+
+    mask: optional (n, n) or (b, 1, n, n) bool, True where query i may attend to key j (AIM's prefix-causal mask);
+    causal: the plain causal mask (the CLIP text tower).
+    """
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
         self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
 
-    def forward(self, x: Tensor, *, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, *, mask: Tensor | None = None, causal: bool = False,
+                return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
         q, k, v = (rearrange(proj(x), 'b n (h d) -> b h n d', h=self.heads) for proj in (self.q, self.k, self.v))
         if return_attention:
-            attn = torch.softmax(torch.einsum('bhid,bhjd->bhij', q, k) * q.shape[-1] ** -0.5, dim=-1)
+            scores = torch.einsum('bhid,bhjd->bhij', q, k) * q.shape[-1] ** -0.5
+            if causal:
+                n = x.shape[1]
+                mask = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            attn = torch.softmax(scores, dim=-1)
             y = attn @ v
         else:
-            attn, y = None, attention(q, k, v)
+            attn, y = None, attention(q, k, v, mask=mask, causal=causal)
         return self.out(rearrange(y, 'b h n d -> b n (h d)')), attn
 
 
@@ -49,8 +60,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
         self.mlp = MLP(cfg.width, cfg.ffn_dim, act=cfg.act)
 
-    def forward(self, x: Tensor, *, return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
-        y, attn = self.attn(self.norm1(x), return_attention=return_attention)
+    def forward(self, x: Tensor, *, mask: Tensor | None = None, causal: bool = False,
+                return_attention: bool = False) -> tuple[Tensor, Tensor | None]:
+        y, attn = self.attn(self.norm1(x), mask=mask, causal=causal, return_attention=return_attention)
         x = x + y
         return x + self.mlp(self.norm2(x)), attn
 
@@ -58,11 +70,13 @@ class Block(nn.Module):
 @dataclass
 class VisionOutput:
     """features: (b, gh*gw, d) patch features from the chosen layer (CLS dropped); grid: (gh, gw);
-    attentions: per block (b, h, n, n) when requested (n includes CLS first when the model has one)."""
+    attentions: per block (b, h, n, n) when requested (n includes CLS first when the model has one);
+    cls: (b, d) the CLS token after the final norm (the image embedding CLIP projects), at the last layer only."""
 
     features: Tensor
     grid: tuple[int, int]
     attentions: list[Tensor] | None = None
+    cls: Tensor | None = None
 
 
 class VisionEncoder(nn.Module):
@@ -92,8 +106,12 @@ class VisionEncoder(nn.Module):
             patch_pos = rearrange(grid, '1 d h w -> (h w) d').to(pos.dtype)
         return torch.cat([cls_pos, patch_pos])
 
-    def forward(self, images: Tensor, *, layer: int | None = None, return_attention: bool = False) -> VisionOutput:
-        """Encode (b, c, H, W) images; `layer` (negative, from the last block) overrides cfg.feature_layer."""
+    def forward(self, images: Tensor, *, layer: int | None = None, mask: Tensor | None = None,
+                return_attention: bool = False) -> VisionOutput:
+        """Encode (b, c, H, W) images; `layer` (negative, from the last block) overrides cfg.feature_layer.
+
+        mask: an attention mask over the tokens (see `Attention`); AIM pre-trains the trunk prefix-causally.
+        """
         self._check_images(images)
         cfg, layer = self.cfg, self.cfg.feature_layer if layer is None else layer
         gh, gw = images.shape[-2] // cfg.patch_size, images.shape[-1] // cfg.patch_size
@@ -106,14 +124,16 @@ class VisionEncoder(nn.Module):
         attentions = [] if return_attention else None
         stop = cfg.depth + layer + 1                      # run only the blocks the chosen layer needs
         for block in self.blocks[:stop]:
-            x, attn = block(x, return_attention=return_attention)
+            x, attn = block(x, mask=mask, return_attention=return_attention)
             if attentions is not None:
                 attentions.append(attn)
         if layer == -1:
             x = self.norm_post(x)
+        cls = None
         if self.cls_token is not None:
-            _, x = unpack(x, packed, 'b * d')
-        return VisionOutput(features=x, grid=(gh, gw), attentions=attentions)
+            cls, x = unpack(x, packed, 'b * d')
+            cls = rearrange(cls, 'b 1 d -> b d') if layer == -1 else None
+        return VisionOutput(features=x, grid=(gh, gw), attentions=attentions, cls=cls)
 
     def _check_images(self, images: Tensor) -> None:
         cfg = self.cfg

@@ -32,11 +32,29 @@ def run_cli(cfg: dict, tmp_path: Path, fault: str | None = None) -> subprocess.C
                           capture_output=True, text=True, timeout=120)
 
 
-def test_sigkill_mid_training_then_resume_matches_uninterrupted_run(tmp_path):
-    steps = dict(steps=10, checkpoint=dict(every=3, keep=2))
-    whole = run_cli(tiny_run(tmp_path / "whole", **steps), tmp_path)
+SAMPLES = ROOT / "data_samples"
+
+
+def corpus_run(out_dir, **over) -> dict:
+    """The tiny preset on the shipped real-format samples (caption tars, OBELICS-style JSONL, text JSONL), read in
+    8 shards through a shuffle buffer, endlessly."""
+    files = dict(caption=[str(SAMPLES / "captions")], interleaved=[str(SAMPLES / "interleaved" / "docs.jsonl")],
+                 text=[str(SAMPLES / "text" / "train.jsonl")])
+    data = dict(source="files", files=files, seq_len=128, pack=True, shards=8, shuffle_buffer=6,
+                **over.pop("data", {}))
+    return tiny_run(out_dir, model="tiny", data=data, **over)
+
+
+RUNS = {"synthetic": tiny_run, "files": corpus_run}
+
+
+@pytest.mark.parametrize("source, workers", [("synthetic", 0), ("synthetic", 1), ("synthetic", 2), ("files", 2)])
+def test_sigkill_mid_training_then_resume_matches_uninterrupted_run(tmp_path, source, workers):
+    make = lambda out: RUNS[source](out, steps=10, checkpoint=dict(every=3, keep=2),   # noqa: E731
+                                    data=dict(num_workers=workers))
+    whole = run_cli(make(tmp_path / "whole"), tmp_path)
     assert whole.returncode == 0, whole.stderr
-    killed_cfg = tiny_run(tmp_path / "killed", **steps)
+    killed_cfg = make(tmp_path / "killed")
     killed = run_cli(killed_cfg, tmp_path, fault="kill@train:7")        # dies after step 7, last checkpoint: 6
     assert killed.returncode == -signal.SIGKILL
     assert find_checkpoint(tmp_path / "killed").name == "step_00000006"
@@ -106,12 +124,14 @@ def test_checkpoint_files_load_without_pickle(tmp_path):
     assert (result.checkpoint / "model.safetensors").read_bytes()[:8] != b"\x80\x04\x95"   # not a pickle
 
 
-def test_shapeworld_data_state_resumes_at_the_next_sample():
+@pytest.mark.parametrize("workers", [0, 2])
+def test_shapeworld_data_state_resumes_at_the_next_sample(workers):
     from mm1lab.train import TrainConfig
     from mm1lab.train.data import GlobalBatches, build_data
 
     cfg = TrainConfig.from_dict(dict(model="tiny", data=dict(seq_len=128)))
-    make = lambda: GlobalBatches(*build_data(cfg, cfg.model_config()), micro=2, accum=2, rank=1, world=2)  # noqa: E731
+    make = lambda: GlobalBatches(*build_data(cfg, cfg.model_config()), micro=2, accum=2, rank=1, world=2,  # noqa: E731
+                                 num_shards=cfg.data.shards, workers=workers)
     first = make()
     first.next_step()
     state = first.state_dict()

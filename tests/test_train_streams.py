@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import torch
 
-from mm1lab.train.trainer import STREAM_KEYS, add_stream_losses
+from mm1lab.train.objectives import stream_losses
 
 
 def test_packed_rows_split_their_loss_by_segment_stream():
@@ -18,9 +18,8 @@ def test_packed_rows_split_their_loss_by_segment_stream():
     counted[0, 2] = False                      # the text document's <bos> is not predicted across documents
     out = SimpleNamespace(token_loss=token_loss, token_counted=counted)
     mb = dict(stream=["caption+text", "sft"], segment_ids=segment_ids)
-    sums, toks = torch.zeros(len(STREAM_KEYS), dtype=torch.float64), torch.zeros(len(STREAM_KEYS), dtype=torch.float64)
-    add_stream_losses(sums, toks, mb, out)
-    get = lambda name: (sums[STREAM_KEYS.index(name)].item(), toks[STREAM_KEYS.index(name)].item())
+    stats = stream_losses(mb, out)
+    get = lambda name: (stats[f"stream_sum/{name}"], stats[f"stream_tok/{name}"])
     assert get("caption") == (1.0 + 2.0, 2)    # predicting tokens 1 and 2 of the caption
     assert get("text") == (4.0, 1)             # predicting token 4 (position 3's loss); position 4 predicts padding
     assert get("sft") == (6.0 + 7.0 + 8.0, 3)
@@ -29,7 +28,5 @@ def test_packed_rows_split_their_loss_by_segment_stream():
 
 def test_unpacked_rows_without_segment_ids_count_whole_rows():
     out = SimpleNamespace(token_loss=torch.tensor([[1.0, 2.0, 0.0]]), token_counted=torch.tensor([[True, True, False]]))
-    sums, toks = torch.zeros(len(STREAM_KEYS), dtype=torch.float64), torch.zeros(len(STREAM_KEYS), dtype=torch.float64)
-    add_stream_losses(sums, toks, dict(stream=["dense"]), out)
-    i = STREAM_KEYS.index("dense")
-    assert (sums[i].item(), toks[i].item()) == (3.0, 2)
+    stats = stream_losses(dict(stream=["dense"]), out)
+    assert (stats["stream_sum/dense"], stats["stream_tok/dense"]) == (3.0, 2)

@@ -7,27 +7,32 @@
 | text-only       | JSONL lines {"text": ...}                                           | any LM corpus      |
 
 Evaluation formats (COCO captions, VQAv2) are in `eval_formats.py`. Training readers return a `RecordStream`
-(cheap raw records, decoded only by the shard that keeps them) for `MixtureDataset`; `iter_samples` reads one
-directly. Every record passes the checks in `guards.py` (image paths stay inside the root, text is UTF-8, images
-decode fully); docs/robustness.md lists what is skipped and counted. Writers are deterministic: sorted JSON keys,
-fixed JPEG quality, tar members with mtime 0 and uid/gid 0, so the same input gives the same bytes.
+(cheap raw records per file, decoded only by the shard that keeps them) for `MixtureDataset`; `iter_samples` reads
+one directly. Sources are paths, folders, globs, brace ranges, fsspec URLs or `pipe:` commands (`sources.py`);
+JSONL files may be gzipped (`.gz`), and a `pipe:` command decompresses anything else (`pipe:zstdcat x.jsonl.zst`).
+Every record passes the checks in `guards.py` (image paths stay inside the root, text is UTF-8, images decode
+fully); docs/robustness.md lists what is skipped and counted. Writers are deterministic: sorted JSON keys, fixed
+JPEG quality, tar members with mtime 0 and uid/gid 0, so the same input gives the same bytes.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
+import itertools
 import json
 import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image
 
 from mm1lab.data.guards import check_text, decode_text, image_path, open_image, parse_json, read_json_file
-from mm1lab.data.mixture import RecordStream
 from mm1lab.data.prompts import caption_text
+from mm1lab.data.records import RecordStream
 from mm1lab.data.sample import DataError, Sample, Skips, SkipSample
+from mm1lab.data.sources import expand, is_remote, read_source
 from mm1lab.data.tokenizer import IMAGE
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
@@ -47,12 +52,12 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[str, bytes]]:
+def _jsonl_records(f: BinaryIO, name: str) -> Iterator[tuple[str, bytes]]:
     """Raw lines as bytes, so that the decode step (not the reading) checks them for UTF-8, per record."""
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                yield f"{path}:{lineno}", line
+    lines = gzip.GzipFile(fileobj=f) if name.endswith(".gz") else f
+    for lineno, line in enumerate(lines, 1):
+        if line.strip():
+            yield f"{name}:{lineno}", line
 
 
 def _parse_json_line(raw: tuple[str, bytes]) -> tuple[str, Any]:
@@ -60,17 +65,10 @@ def _parse_json_line(raw: tuple[str, bytes]) -> tuple[str, Any]:
     return where, parse_json(line, where)
 
 
-def _paths(source: str | Path | Iterable[str | Path], pattern: str) -> list[Path]:
-    if isinstance(source, (str, Path)):
-        source = Path(source)
-        return sorted(source.glob(pattern)) if source.is_dir() else [source]
-    return [Path(p) for p in source]
-
-
 def iter_samples(stream: RecordStream, *, strict: bool = False, skips: Skips | None = None) -> Iterator[Sample]:
     """Every good sample of `stream` in order; bad ones are counted in `skips` (or raise `DataError` if strict)."""
     skips = skips if skips is not None else Skips(strict=strict)
-    for thunk in stream.iterate(0, 1):
+    for thunk, _ in stream.iterate(0, 1):
         sample = skips.run(thunk)
         if sample is None:
             continue
@@ -107,64 +105,90 @@ def write_caption_shards(items: Iterable[tuple[Image.Image, str, dict]], out_dir
     return paths
 
 
-def _tar_groups(path: Path) -> Iterator[Any]:
-    """Consecutive members sharing a key -> (where, {ext: bytes}); a broken tar ends with a SkipSample record."""
+class _Tail:
+    """A read-only file over `f` that keeps the last bytes read, so that the bytes from where tarfile stopped can be
+    read again on a stream that cannot seek (a pipe, a remote file)."""
+
+    KEEP = 1 << 16   # tarfile reads ahead at most one record (10 KiB) past the block it stopped at
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.kept, self.start = f, bytearray(), 0   # start: the file offset of kept[0]
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n) if n is not None and n >= 0 else self.f.read()
+        self.kept += data
+        if len(self.kept) > 2 * self.KEEP:
+            drop = len(self.kept) - self.KEEP
+            del self.kept[:drop]
+            self.start += drop
+        return data
+
+    def after(self, offset: int) -> Iterator[bytes]:
+        """The bytes from `offset` to the end of the file, in chunks."""
+        yield bytes(self.kept[offset - self.start:])
+        while chunk := self.f.read(1 << 16):
+            yield chunk
+
+
+def _tar_groups(f: BinaryIO, name: str) -> Iterator[Any]:
+    """Consecutive members sharing a key -> (where, {ext: bytes}); a broken tar ends with a SkipSample record.
+    Read as a stream (no seeking), so a shard may come from a pipe or a URL; `.tar.gz` / `.tgz` are gunzipped."""
     group, key, last = {}, None, "the start"
+    if name.endswith((".gz", ".tgz")):
+        f = gzip.GzipFile(fileobj=f)
+    tail = _Tail(f)
     try:
-        with tarfile.open(path, "r:*") as tar:
+        with tarfile.open(fileobj=tail, mode="r|") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
                 stem, _, ext = member.name.rpartition(".")
                 if key is not None and stem != key:
-                    yield f"{path}:{key}", group
+                    yield f"{name}:{key}", group
                     group = {}
                 key, last = stem, member.name
                 group[ext.lower()] = tar.extractfile(member).read()
             if group:
-                yield f"{path}:{key}", group
-            problem = _end_of_archive_problem(tar)
+                yield f"{name}:{key}", group
+            problem = _end_of_archive_problem(tail.after(tar.offset), tar.offset)
         if problem:
-            yield SkipSample("truncated_tar", f"{path}", f"{problem} after {last}; the samples after it are lost. "
+            yield SkipSample("truncated_tar", name, f"{problem} after {last}; the samples after it are lost. "
                              "Re-download or re-write the shard")
     except (tarfile.TarError, EOFError, OSError, ValueError) as exc:   # ValueError: a damaged header field
-        yield SkipSample("truncated_tar", f"{path}", f"unreadable after {last} ({exc}); rest of the shard skipped")
+        yield SkipSample("truncated_tar", name, f"unreadable after {last} ({exc}); rest of the shard skipped")
 
 
-def _end_of_archive_problem(tar: tarfile.TarFile) -> str | None:
-    """What is wrong where the archive ends, or None when a proper end-of-archive marker is there.
+def _end_of_archive_problem(rest: Iterator[bytes], end: int) -> str | None:
+    """What is wrong where the archive ends (`rest`: the bytes from `end` on), or None when a proper end-of-archive
+    marker is there.
 
     Our own check, because tarfile stops quietly at an empty, short or damaged header block: a shard cut on a
     512-byte boundary, or with a flipped header byte, would otherwise read as complete, short of its last samples.
     """
-    end = tar.offset   # where tarfile stopped: the first block that is not a member header
-    tar.fileobj.seek(end)
-    block = tar.fileobj.read(tarfile.BLOCKSIZE)
+    block = b""
+    for chunk in rest:
+        block += chunk
+        if len(block) >= tarfile.BLOCKSIZE:
+            break
     if len(block) < tarfile.BLOCKSIZE:
         return f"the file ends at byte {end + len(block)} without the end-of-archive marker"
-    if block.count(0) != tarfile.BLOCKSIZE:
+    if block[:tarfile.BLOCKSIZE].count(0) != tarfile.BLOCKSIZE:
         return f"a damaged header at byte {end}"
-    while chunk := tar.fileobj.read(1 << 16):   # the zero padding after the marker (a few KiB)
+    for chunk in itertools.chain([block[tarfile.BLOCKSIZE:]], rest):   # the zero padding after the marker
         if chunk.count(0) != len(chunk):
             return f"more data after the end-of-archive marker at byte {end} (concatenated shards?)"
     return None
 
 
 def caption_stream(source: str | Path | Iterable[str | Path], *, stream: str = "caption") -> RecordStream:
-    """Image-caption pairs from tar shards (a directory of *.tar, one file, or a list of files).
+    """Image-caption pairs from tar shards (a folder of *.tar, files, globs, brace ranges, URLs, `pipe:` commands).
 
     A sample whose `.json` metadata sidecar is damaged is skipped (`bad_json`), like any damaged member: the
     shard's bytes are not what was written. A missing sidecar is fine (WebDataset does not require one).
     """
-    paths = _paths(source, "*.tar")
-
-    def records() -> Iterator[Any]:
-        for path in paths:
-            yield from _tar_groups(path)
+    files = expand(source, "*.tar")
 
     def decode(raw: Any) -> Sample:
-        if isinstance(raw, SkipSample):
-            raise raw
         where, group = raw
         ext = next((e for e in IMAGE_EXTS if e in group), None)
         if ext is None:
@@ -180,7 +204,7 @@ def caption_stream(source: str | Path | Iterable[str | Path], *, stream: str = "
         image = open_image(group[ext], f"{where}.{ext}")
         return Sample.pretrain(stream, caption_text(text), [image], id=where)
 
-    return RecordStream(records, decode)
+    return RecordStream(lambda file: read_source(file, _tar_groups), decode, files=files)
 
 
 # ---- interleaved: OBELICS-style JSONL -------------------------------------------------------------------
@@ -213,12 +237,15 @@ def interleaved_stream(source: str | Path | Iterable[str | Path], *, image_folde
     Image paths are relative to `image_folder` (default: each file's folder) and may not leave it (`..`, or an
     absolute path unless `allow_absolute_paths`): such records are skipped as `path_outside_root`.
     """
-    paths = _paths(source, "*.jsonl")
+    files = expand(source, "*.jsonl")
+    remote = [f for f in files if is_remote(f)]
+    if remote and image_folder is None:
+        raise ValueError(f"{remote[0]}: interleaved documents from a URL or a pipe need image_folder= (a local or "
+                         "mounted folder their image paths are relative to)")
 
-    def records() -> Iterator[Any]:
-        for path in paths:
-            root = Path(image_folder) if image_folder is not None else path.parent
-            yield from ((root, rec) for rec in _jsonl_records(path))
+    def read(file: str) -> Iterator[Any]:
+        root = Path(image_folder) if image_folder is not None else Path(file).parent
+        return (rec if isinstance(rec, SkipSample) else (root, rec) for rec in read_source(file, _jsonl_records))
 
     def decode(raw: Any) -> Sample:
         root, record = raw
@@ -243,7 +270,7 @@ def interleaved_stream(source: str | Path | Iterable[str | Path], *, image_folde
             raise SkipSample("empty_text", where)
         return Sample.pretrain("interleaved", "\n".join(pieces), loaded, id=where)
 
-    return RecordStream(records, decode)
+    return RecordStream(read, decode, files=files)
 
 
 # ---- SFT: LLaVA JSON ------------------------------------------------------------------------------------
@@ -271,16 +298,16 @@ def write_llava_json(records: Iterable[dict], path: str | Path, *, image_dir: st
     return path
 
 
-def _llava_records(path: Path) -> Iterator[tuple[str, Any]]:
-    if path.suffix == ".jsonl":
-        yield from _jsonl_records(path)
+def _llava_records(file: str) -> Iterator[tuple[str, Any]]:
+    if not file.endswith(".json"):
+        yield from read_source(file, _jsonl_records)
         return
-    data = read_json_file(path, "; fix the file or convert it to JSONL (one conversation per line) so that bad "
+    data = read_json_file(file, "; fix the file or convert it to JSONL (one conversation per line) so that bad "
                                 "lines can be skipped")
     if not isinstance(data, list):
-        raise DataError(f"{path}: a LLaVA file holds a JSON list of conversations, got {type(data).__name__}")
+        raise DataError(f"{file}: a LLaVA file holds a JSON list of conversations, got {type(data).__name__}")
     for i, entry in enumerate(data):
-        yield f"{path}[{i}]", entry
+        yield f"{file}[{i}]", entry
 
 
 def llava_stream(source: str | Path | Iterable[str | Path], *, image_folder: str | Path | None = None,
@@ -289,12 +316,15 @@ def llava_stream(source: str | Path | Iterable[str | Path], *, image_folder: str
 
     Image paths may not leave that folder (`..`, or absolute unless `allow_absolute_paths`): `path_outside_root`.
     """
-    paths = _paths(source, "*.json*")
+    files = expand(source, "*.json*")
+    remote = [f for f in files if is_remote(f)]
+    if remote and (image_folder is None or any(f.endswith(".json") for f in remote)):
+        raise ValueError(f"{remote[0]}: LLaVA data from a URL or a pipe must be JSONL (one conversation per line) "
+                         "and needs image_folder= (a local or mounted folder its image paths are relative to)")
 
-    def records() -> Iterator[Any]:
-        for path in paths:
-            root = Path(image_folder) if image_folder is not None else path.parent
-            yield from ((root, rec) for rec in _llava_records(path))
+    def read(file: str) -> Iterator[Any]:
+        root = Path(image_folder) if image_folder is not None else Path(file).parent
+        return (rec if isinstance(rec, SkipSample) else (root, rec) for rec in _llava_records(file))
 
     def decode(raw: Any) -> Sample:
         root, (where, entry) = raw
@@ -326,7 +356,7 @@ def llava_stream(source: str | Path | Iterable[str | Path], *, image_folder: str
                              f"{where} image {ref!r}") for ref in refs]
         return Sample.chat(turns, images, id=where)
 
-    return RecordStream(records, decode)
+    return RecordStream(read, decode, files=files)
 
 
 # ---- text-only JSONL ------------------------------------------------------------------------------------
@@ -339,12 +369,8 @@ def write_text_jsonl(texts: Iterable[str], path: str | Path) -> Path:
 
 
 def text_stream(source: str | Path | Iterable[str | Path]) -> RecordStream:
-    """Text-only documents from JSONL files."""
-    paths = _paths(source, "*.jsonl")
-
-    def records() -> Iterator[Any]:
-        for path in paths:
-            yield from _jsonl_records(path)
+    """Text-only documents from JSONL files (`.jsonl` or `.jsonl.gz`)."""
+    files = expand(source, "*.jsonl*")
 
     def decode(raw: Any) -> Sample:
         where, doc = _parse_json_line(raw)
@@ -355,4 +381,8 @@ def text_stream(source: str | Path | Iterable[str | Path]) -> RecordStream:
             raise SkipSample("empty_text", where)
         return Sample.pretrain("text", text, [], id=where)
 
-    return RecordStream(records, decode)
+    return RecordStream(lambda file: read_source(file, _jsonl_records), decode, files=files)
+
+
+# The readers by format name: `data.files` keys end in one of these (mm1lab.train.shapeworld_data).
+READERS = {"caption": caption_stream, "interleaved": interleaved_stream, "text": text_stream, "sft": llava_stream}

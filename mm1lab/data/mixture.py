@@ -1,9 +1,14 @@
 """A weighted mixture of data streams as a streaming, sharded, resumable `IterableDataset`.
 
-Sharding: with R ranks and W DataLoader workers there are R*W shards; shard s = rank*W + worker takes items
-s, s + R*W, s + 2*R*W, ... of every stream, so the shards together read each stream once: no duplicates, no gaps.
-Which stream the t-th sample of a shard comes from is a pure function of (seed, shard, t), so a run is
-deterministic per seed, and a shard's whole state is {draws, positions per stream, counts per stream}.
+Shards: the data is read in S shards, and shard s takes items s, s + S, s + 2S, ... of every random-access stream
+(`IndexedStream`; in chunks of `chunk` consecutive items when it has one) and its own files of every file stream
+(`RecordStream`, see `records.py`), so the shards together read each stream once: no duplicates, no gaps. Which
+stream the t-th sample of a shard comes from is a pure function of (seed, shard, t), so a run is deterministic per
+seed, and a shard's whole state is {draws, position per stream, counts per stream}: `read_shard(s, S, state)`.
+
+Iterating the dataset itself reads one shard per process and DataLoader worker (R ranks x W workers = S shards,
+shard rank * W + worker). The trainer instead fixes S and hands each rank and worker its shards
+(`mm1lab.train.data`), so that the samples do not depend on how many ranks and workers read them.
 
 Resuming: every yielded `Sample` carries its shard's state (`sample.state`), the collator returns the latest per
 shard in `batch["state"]`, and `LoaderTracker` keeps them (plus skip and stream counts) for the checkpoint:
@@ -14,71 +19,45 @@ shard in `batch["state"]`, and `LoaderTracker` keeps them (plus skip and stream 
 from __future__ import annotations
 
 import copy
-import hashlib
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
-from mm1lab.data.sample import DataError, Sample, Skips, SkipSample
+from mm1lab.data.records import RecordStream, located, uniform
+from mm1lab.data.sample import Sample, Skips
 
-
-def uniform(*keys: Any) -> float:
-    """A deterministic number in [0, 1) from `keys` (the same on every machine and Python process)."""
-    digest = hashlib.blake2b(":".join(map(str, keys)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
+__all__ = ["IndexedStream", "LoaderTracker", "MixtureDataset", "RecordStream", "shard_info", "uniform"]
 
 
 class IndexedStream:
-    """A random-access stream: item i is `make(i)` (ShapeWorld generators, in-memory lists). `length=None`: endless."""
+    """A random-access stream: item i is `make(i)` (ShapeWorld generators, in-memory lists). `length=None`: endless.
 
-    def __init__(self, make: Callable[[int], Sample], length: int | None = None):
-        self.make, self.length = make, length
+    chunk: a shard takes `chunk` consecutive items at a time (shard s of S: items s*chunk ... s*chunk + chunk - 1,
+    then the same S*chunk further on), so neighbouring items, such as ShapeWorld scenes rendered and cached in
+    blocks, are read by one shard.
+    """
 
-    def iterate(self, start: int, step: int) -> Iterator[Callable[[], Sample]]:
-        """Thunks for items start, start+step, ... (decoding happens when a thunk is called)."""
-        stop = self.length if self.length is not None else float("inf")
-        i = start
-        while i < stop:
-            yield lambda i=i: _located(self.make, i, f"item {i}")
-            i += step
+    def __init__(self, make: Callable[[int], Sample], length: int | None = None, *, chunk: int = 1):
+        self.make, self.length, self.chunk = make, length, chunk
 
+    def index(self, shard: int, num_shards: int, t: int) -> int:
+        """The item that is the t-th of `shard`."""
+        block, offset = divmod(t, self.chunk)
+        return (block * num_shards + shard) * self.chunk + offset
 
-class RecordStream:
-    """A sequential stream over records read from files. `records()` yields cheap raw records; `decode(raw)` turns one
-    into a `Sample` or raises `SkipSample`. Only the records a shard keeps are decoded."""
-
-    def __init__(self, records: Callable[[], Iterable[Any]], decode: Callable[[Any], Sample]):
-        self.records, self.decode = records, decode
-
-    def iterate(self, start: int, step: int) -> Iterator[Callable[[], Sample]]:
-        """Thunks for records start, start+step, ..."""
-        for n, raw in enumerate(itertools.islice(self.records(), start, None, step)):
-            yield lambda raw=raw, n=n: _located(self.decode, raw, _where(raw, start + n * step))
-
-
-def _where(raw: Any, index: int) -> str:
-    """The location a reader put in a raw record (a 'file:line' string), else the record index."""
-    parts = raw if isinstance(raw, tuple) else (raw,)
-    for part in parts:
-        if isinstance(part, tuple):
-            part = part[0] if part else None
-        if isinstance(part, str) and ":" in part:
-            return part
-    return f"record {index}"
-
-
-def _located(fn: Callable[[Any], Sample], arg: Any, where: str) -> Sample:
-    """Call a decoder; an unexpected error becomes a DataError that says where (never a bare crash mid-epoch)."""
-    try:
-        return fn(arg)
-    except (SkipSample, DataError):
-        raise
-    except Exception as exc:
-        raise DataError(f"{where}: {type(exc).__name__}: {exc} (unexpected; please report it with this record)") \
-            from exc
+    def iterate(self, shard: int, num_shards: int, position: int | None = None,
+                **_: Any) -> Iterator[tuple[Callable[[], Sample], int]]:
+        """(thunk, position after it) for the items of `shard` from `position` (items taken so far) on."""
+        t = position or 0
+        while True:
+            i = self.index(shard, num_shards, t)
+            if self.length is not None and i >= self.length:   # every later item of the shard lies further on
+                return
+            t += 1
+            yield (lambda i=i: located(self.make, i, f"item {i}")), t
 
 
 def shard_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -99,10 +78,14 @@ class MixtureDataset(IterableDataset):
     Finite streams drop out when exhausted; iteration ends when every stream has. Bad records are skipped and
     counted (`sample.skipped` on the next good sample; skips after the last one on a final `Sample.tally`, which
     the collator counts and encodes nothing for), or raise `DataError` when `strict`.
+
+    File streams (`RecordStream`) are read `epochs` times (None: endlessly), with the file order shuffled per
+    epoch from `seed` and the records through a `shuffle_buffer` (0: in file order).
     """
 
     def __init__(self, streams: dict[str, IndexedStream | RecordStream], weights: dict[str, float] | None = None, *,
-                 seed: int = 0, rank: int | None = None, world_size: int | None = None, strict: bool = False):
+                 seed: int = 0, rank: int | None = None, world_size: int | None = None, strict: bool = False,
+                 shuffle_buffer: int = 0, epochs: int | None = 1):
         weights = weights or {name: 1.0 for name in streams}
         unknown = sorted(set(weights) - set(streams))
         if unknown:
@@ -112,41 +95,54 @@ class MixtureDataset(IterableDataset):
         if not self.weights:
             raise ValueError("every mixture weight is zero")
         self.seed, self.rank, self.world_size, self.strict = seed, rank, world_size, strict
+        self.shuffle_buffer, self.epochs = shuffle_buffer, epochs
         self._states: dict[int, dict[str, Any]] = {}
 
     def fresh_state(self, shard: int) -> dict[str, Any]:
         """The state of a shard that has not started."""
-        return {"shard": shard, "draws": 0, "positions": {n: 0 for n in self.weights},
+        return {"shard": shard, "draws": 0, "positions": {n: None for n in self.weights},
                 "counts": {n: 0 for n in self.weights}}
 
-    def __iter__(self) -> Iterator[Sample]:
-        shard, num_shards = shard_info(self.rank, self.world_size)
-        state = copy.deepcopy(self._states.get(shard) or self.fresh_state(shard))
+    def read_shard(self, shard: int, num_shards: int,
+                   state: dict[str, Any] | None = None) -> Iterator[tuple[Sample, dict[str, Any]]]:
+        """(sample, shard state after it) of shard `shard` of `num_shards`, from `state` (None: the start) on."""
+        state = copy.deepcopy(state) if state is not None else self.fresh_state(shard)
+        positions, counts, draws = dict(state["positions"]), dict(state["counts"]), state["draws"]
         skips = Skips(strict=self.strict)
-        iters = {n: self.streams[n].iterate(shard + state["positions"][n] * num_shards, num_shards)
+        iters = {n: self.streams[n].iterate(shard, num_shards, positions.get(n), seed=f"{self.seed}:{n}",
+                                            shuffle_buffer=self.shuffle_buffer, epochs=self.epochs)
                  for n in self.weights}
         active = dict(self.weights)
+
+        def snapshot() -> dict[str, Any]:   # positions are immutable values: shallow copies suffice
+            return {"shard": shard, "draws": draws, "positions": dict(positions), "counts": dict(counts)}
+
         while active:
-            u = uniform(self.seed, shard, state["draws"]) * sum(active.values())
-            state["draws"] += 1
+            u = uniform(self.seed, shard, draws) * sum(active.values())
+            draws += 1
             name = next(n for n, acc in zip(active, itertools.accumulate(active.values())) if u < acc)
-            thunk = next(iters[name], None)
-            if thunk is None:
+            item = next(iters[name], None)
+            if item is None:
                 del active[name]
                 continue
-            state["positions"][name] += 1
+            thunk, positions[name] = item
             sample = skips.run(thunk)
             if sample is None:
                 continue
-            state["counts"][name] += 1
+            counts[name] += 1
             sample.skipped = dict(Counter(skips.pop_pending()) + Counter(sample.skipped))
-            sample.state = copy.deepcopy(state)
-            self._states[shard] = sample.state   # accurate when iterating in this process (num_workers=0)
-            yield sample
+            sample.state = snapshot()
+            yield sample, sample.state
         pending = skips.pop_pending()
         if pending:   # skips after the last good sample: a content-free tally carries them to the batch
-            self._states[shard] = copy.deepcopy(state)
-            yield Sample.tally(pending, copy.deepcopy(state))
+            tally = Sample.tally(pending, snapshot())
+            yield tally, tally.state
+
+    def __iter__(self) -> Iterator[Sample]:
+        shard, num_shards = shard_info(self.rank, self.world_size)
+        for sample, state in self.read_shard(shard, num_shards, self._states.get(shard)):
+            self._states[shard] = state   # accurate when iterating in this process (num_workers=0)
+            yield sample
 
     def state_dict(self) -> dict[str, Any]:
         """Shard states seen in this process (use `LoaderTracker` with DataLoader workers)."""

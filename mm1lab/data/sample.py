@@ -27,6 +27,8 @@ SKIP_REASONS = {
     "missing_image": "an image path that names no file, or a caption sample without an image member",
     "path_outside_root": "an image path with '..', or an absolute one (unless allowed), that could leave the root",
     "truncated_tar": "a tar shard that ends without its end-of-archive marker; counted once for the rest of the shard",
+    "unreadable_source": "a shard that cannot be opened or read to its end (missing, a failed download, a pipe: "
+                         "command that exits non-zero)",
     "image_count_mismatch": "the number of <image> markers differs from the number of images",
     "empty_text": "no text to learn from (or no assistant answer)",
     "too_long": "more tokens than a row holds, in a stream that is not truncated",

@@ -37,6 +37,8 @@ BACKGROUNDS = {"black": (15, 15, 20), "white": (245, 245, 245), "beige": (235, 2
 WORDS = ("STOP", "OPEN", "CAT", "DOG", "SALE", "EXIT", "BUS", "MILK", "PARK", "SHOP", "TAXI", "HOTEL", "BOOK",
          "FISH", "TEA", "SUN", "MOON", "CAKE", "ZOO", "FARM")
 SIZES = {"small": 0.07, "large": 0.13}   # radius as a fraction of the image side (3x3 grid)
+POSITIONS = ("top left", "top center", "top right", "left", "center", "right", "bottom left", "bottom center",
+             "bottom right")   # what `Obj.position` names (thirds of the image)
 
 
 @dataclass(frozen=True, kw_only=True)

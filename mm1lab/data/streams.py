@@ -4,10 +4,15 @@ Item i of each stream is a pure function of i, so the streams are random access 
 stream (all below 2**31, the held-out evaluation range):
     caption, dense: scene i (the same images, alt-text vs dense captions, as VeCap re-captions web images)
     interleaved: scenes 2**28 + 8i ... (2 to 5 images)        sft: scenes 2**29 + 2i (and + 1 for two-image turns)
+
+`<stream>-text` (caption-text, dense-text, interleaved-text) is that stream with its images taken out: the words
+people write around pictures, as a text corpus. Stage 0 pre-trains the LM on these and the text documents, the
+way MM1's LLM saw web text before it ever saw an image.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -15,9 +20,12 @@ from mm1lab.data.mixture import IndexedStream, MixtureDataset
 from mm1lab.data.prompts import caption_text
 from mm1lab.data.sample import Sample
 from mm1lab.data.shapeworld import Difficulty, ShapeWorld
-from mm1lab.data.text import alt_text, dense_caption, interleaved_document, sft_turns, text_document
+from mm1lab.data.text import alt_text, dense_caption, interleaved_document, sft_turns, text_chat, text_document
+from mm1lab.data.tokenizer import IMAGE
 
 MM1_WEIGHTS = {"caption": 45.0, "interleaved": 45.0, "text": 10.0}   # MM1's 45:45:10
+STREAMS = ("caption", "dense", "interleaved", "text", "sft", "sft_text", "sign")
+TEXT_ONLY = ("caption", "dense", "interleaved")   # streams that also come as `<name>-text`
 INTERLEAVED_BASE, SFT_BASE = 2**28, 2**29
 
 
@@ -31,13 +39,23 @@ def mm1_weights(dense_share: float = 0.07, *, caption: float = 45.0, interleaved
 
 
 class ShapeWorldStreams:
-    """Sample makers for every data type; `world.image(seed)` renders (and caches) at `resolution`."""
+    """Sample makers for every data type; `world.image(seed)` renders (and caches) at `resolution`.
+
+    question_mix: weights of the question types asked in interleaved documents and conversations, instead of the
+        world's own (`Difficulty.question_mix`); may add "caption" and "describe" turns to conversations.
+    compare_share: the chance of a two-image comparison passage in an interleaved document.
+    The scenes and images stay the world's either way.
+    """
 
     def __init__(self, difficulty: str | Difficulty = "easy", resolution: int = 64, *,
-                 cache_dir: str | Path | None = None, cache: bool = True, multi_image_share: float = 0.1):
+                 cache_dir: str | Path | None = None, cache: bool = True, multi_image_share: float = 0.1,
+                 question_mix: dict[str, float] | None = None, compare_share: float = 0.0):
         self.world = ShapeWorld(difficulty, resolution, cache_dir=cache_dir, cache=cache)
         self.d = self.world.difficulty
-        self.multi_image_share = multi_image_share
+        self.multi_image_share, self.compare_share = multi_image_share, compare_share
+        # the difficulty the text generators read; `self.d` (its key) still seeds scenes and sample randomness
+        self.questions = self.d if not question_mix else dataclasses.replace(
+            self.d, question_mix=tuple((t, float(w)) for t, w in question_mix.items() if w > 0))
 
     def _rng(self, stream: str, i: int) -> random.Random:
         return random.Random(f"{stream}:{self.d.key()}:{i}")
@@ -47,6 +65,14 @@ class ShapeWorldStreams:
         scene = self.world.scene(i)
         text = caption_text(alt_text(scene, self._rng("caption", i), self.d))
         return Sample.pretrain("caption", text, [self.world.image(i)], id=f"caption-{i}")
+
+    def sign(self, i: int) -> Sample:
+        """An OCR-style caption of scene i: only what its sign says (the alt-text when it has none), as text-rich
+        caption data does for web images."""
+        scene = self.world.scene(i)
+        text = f'a sign that says "{scene.signs[0].text}"' if scene.signs else \
+            alt_text(scene, self._rng("caption", i), self.d)
+        return Sample.pretrain("caption", caption_text(text), [self.world.image(i)], id=f"sign-{i}")
 
     def dense(self, i: int) -> Sample:
         """Synthetic dense caption (VeCap analogue) of scene i."""
@@ -61,7 +87,8 @@ class ShapeWorldStreams:
     def interleaved(self, i: int) -> Sample:
         """An interleaved document with 2-5 images."""
         seeds = self.interleaved_seeds(i)
-        text = interleaved_document([self.world.scene(s) for s in seeds], self._rng("interleaved", i), self.d)
+        text = interleaved_document([self.world.scene(s) for s in seeds], self._rng("interleaved", i), self.questions,
+                                    compare_share=self.compare_share)
         return Sample.pretrain("interleaved", text, [self.world.image(s) for s in seeds], id=f"interleaved-{i}")
 
     def document(self, i: int) -> str:
@@ -79,12 +106,16 @@ class ShapeWorldStreams:
 
     def sft_turns(self, i: int) -> list[dict[str, str]]:
         """The conversation of SFT item i (roles user/assistant)."""
-        return sft_turns([self.world.scene(s) for s in self.sft_seeds(i)], self._rng("sft", i), self.d)
+        return sft_turns([self.world.scene(s) for s in self.sft_seeds(i)], self._rng("sft", i), self.questions)
 
     def sft(self, i: int) -> Sample:
         """A LLaVA-style conversation about one scene (or two, `multi_image_share` of the time)."""
         seeds = self.sft_seeds(i)
         return Sample.chat(self.sft_turns(i), [self.world.image(s) for s in seeds], id=f"sft-{i}")
+
+    def sft_text(self, i: int) -> Sample:
+        """A text-only conversation (MM1's SFT mix keeps text-only SFT data): complete a fact."""
+        return Sample.chat(text_chat(self._rng("sft_text", i)), [], id=f"sft_text-{i}", stream="sft")
 
     def prerender(self, items: int) -> None:
         """Render into the cache every image the first `items` items of each stream use."""
@@ -92,11 +123,24 @@ class ShapeWorldStreams:
         self.world.prerender(INTERLEAVED_BASE, INTERLEAVED_BASE + 8 * items)
         self.world.prerender(SFT_BASE, SFT_BASE + 2 * items)
 
+    def text_only(self, name: str, i: int) -> Sample:
+        """Item i of stream `name` with its images taken out (and the `Caption:` head of captions)."""
+        sample = getattr(self, name)(i)
+        text = sample.text.replace(IMAGE, " ").replace("Caption:", " ")
+        text = "\n".join(" ".join(line.split()) for line in text.splitlines())
+        for special in ("<bos>", "<eos>"):
+            text = text.replace(special, "")
+        return Sample.pretrain("text", text.strip(), [], id=f"{name}-text-{i}")
+
     def stream(self, name: str) -> IndexedStream:
-        """The endless stream `name` (caption, dense, interleaved, text, sft)."""
-        if name not in ("caption", "dense", "interleaved", "text", "sft"):
-            raise ValueError(f"unknown stream {name!r}")
-        return IndexedStream(getattr(self, name))
+        """The endless stream `name`: caption, dense, interleaved, text, sft, or caption/dense/interleaved-text."""
+        base = name.removesuffix("-text")
+        if name in STREAMS:
+            return IndexedStream(getattr(self, name))
+        if base in TEXT_ONLY and name != base:
+            return IndexedStream(lambda i: self.text_only(base, i))
+        raise ValueError(f"unknown stream {name!r}; choose one of {', '.join(STREAMS)} or "
+                         f"{', '.join(s + '-text' for s in TEXT_ONLY)}")
 
 
 def shapeworld_mixture(difficulty: str | Difficulty = "easy", resolution: int = 64, *,

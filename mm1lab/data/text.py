@@ -12,6 +12,7 @@ Every function takes a `random.Random`, so a seed fixes its output.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from mm1lab.data.prompts import qa_text, user_content
@@ -24,6 +25,8 @@ PLURAL = {"cross": "crosses", "box": "boxes"}
 SIDES = {"triangle": 3, "square": 4, "diamond": 4, "pentagon": 5, "hexagon": 6}
 NAMES = ("Tom", "Anna", "Mia", "Leo", "Sara", "Ben", "Lily", "Max", "Zoe", "Sam")
 QUESTION_TYPES = ("color", "count", "shape", "position", "ocr", "pope", "count_steps")
+# Conversation turns about the whole image (SFT only): a brief caption, or a detailed (dense) description.
+DESCRIBE_TYPES = {"caption": "Describe the image briefly.", "describe": "Describe the image in detail."}
 
 
 def plural(shape: str, n: int = 2) -> str:
@@ -181,14 +184,30 @@ FILLERS = ("I drew these last week.", "This one is my favourite.", "We printed i
            "Made with a ruler and a pencil.", "My little brother helped with this one.")
 
 
-def interleaved_document(scenes: list[Scene], rng: random.Random, difficulty: Difficulty) -> str:
-    """A web-page-like document: one `<image>` marker per scene with loosely related text, some QA passages."""
+def interleaved_document(scenes: list[Scene], rng: random.Random, difficulty: Difficulty, *,
+                         compare_share: float = 0.0) -> str:
+    """A web-page-like document: one `<image>` marker per scene with loosely related text, some QA passages.
+
+    compare_share: the chance that a passage shows the next two images side by side with a comparison question
+    ("Which image has more circles?"), as multi-image pages do; 0 keeps every passage to one image.
+    """
     parts = [rng.choice(("Here are some pictures from my collection.", "A gallery of shapes.",
                          "Practice sheet: look at each picture.", "Photos from the art class."))]
-    for scene in scenes:
+    pending = list(scenes)
+    while pending:
+        if compare_share and len(pending) >= 2 and rng.random() < compare_share:
+            q, short, _ = compare(pending[:2], rng)
+            parts.append(qa_text(q, short, 2))
+            del pending[:2]
+            continue
+        scene = pending.pop(0)
         style = rng.random()
-        if style < 0.45:
-            q, short, _ = ask(scene, pick_type(rng, difficulty), rng, difficulty)
+        qtype = pick_type(rng, difficulty) if style < 0.45 else None
+        if qtype in DESCRIBE_TYPES:   # a question mix made for conversations: its descriptions become captions
+            text = alt_text(scene, rng, difficulty) if qtype == "caption" else dense_caption(scene)
+            parts.append(IMAGE + " " + text)
+        elif qtype is not None:
+            q, short, _ = ask(scene, qtype, rng, difficulty)
             parts.append(qa_text(q, short))
         elif style < 0.75:
             parts.append(IMAGE + " " + alt_text(scene, rng, difficulty))
@@ -212,19 +231,26 @@ def sft_turns(scenes: list[Scene], rng: random.Random, difficulty: Difficulty) -
     scene, turns, asked = scenes[0], [], set()
     for i in range(rng.choice((1, 1, 2, 3))):
         for _ in range(5):   # avoid asking the same question twice in one conversation
-            q, short, full = ask(scene, pick_type(rng, difficulty), rng, difficulty)
+            qtype = pick_type(rng, difficulty)
+            if qtype in DESCRIBE_TYPES:
+                q = DESCRIBE_TYPES[qtype]
+                short = full = alt_text(scene, rng, dataclasses.replace(difficulty, caption_noise=0.0)) \
+                    if qtype == "caption" else dense_caption(scene)
+            else:
+                q, short, full = ask(scene, qtype, rng, difficulty)
             if q not in asked:
                 break
         if q in asked:
             break
         asked.add(q)
-        as_short = rng.random() < 0.5   # half the answers are one word, as in LLaVA-1.5's VQA data
+        # half the answers are one word, as in LLaVA-1.5's VQA data (a description is never one word)
+        as_short = qtype not in DESCRIBE_TYPES and rng.random() < 0.5
         turns += turn(q, short if as_short else full, 0 if i else 1, short=as_short)
     return turns
 
 
 # ---- text-only corpus -----------------------------------------------------------------------------------
-def _fact(rng: random.Random) -> tuple[str, str, list[str]]:
+def fact(rng: random.Random) -> tuple[str, str, list[str]]:
     """(context, answer, distractors) for one fact; shared by the corpus and the held-out benchmark."""
     kind = rng.randrange(5)
     if kind == 0:
@@ -253,18 +279,24 @@ def _fact(rng: random.Random) -> tuple[str, str, list[str]]:
         f"{NUMBER_WORDS[m]} {color} {plural(shape)}." for m in range(1, 8) if m != have - give]
 
 
+def text_chat(rng: random.Random) -> list[dict[str, str]]:
+    """A text-only conversation: the user starts a fact, the assistant completes it (text-only SFT data)."""
+    context, answer, _ = fact(rng)
+    return [{"role": "user", "content": context}, {"role": "assistant", "content": answer}]
+
+
 def text_document(rng: random.Random) -> str:
     """A short text-only document of facts, counting, arithmetic and tiny stories."""
     sentences = []
     for _ in range(rng.randint(3, 8)):
-        context, answer, _ = _fact(rng)
+        context, answer, _ = fact(rng)
         sentences.append(f"{context} {answer}".rstrip(".") + ".")
     return " ".join(sentences)
 
 
 def textcore_item(rng: random.Random, n_choices: int = 4) -> dict:
     """A multiple-choice cloze item: {"prompt", "choices" (each with a leading space), "label"}."""
-    context, answer, distractors = _fact(rng)
+    context, answer, distractors = fact(rng)
     choices = [answer] + rng.sample(distractors, min(n_choices - 1, len(distractors)))
     rng.shuffle(choices)
     return {"prompt": context, "choices": [" " + c for c in choices], "label": choices.index(answer)}

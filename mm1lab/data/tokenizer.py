@@ -74,6 +74,18 @@ class MM1Tokenizer:
         return f"MM1Tokenizer(vocab_size={self.vocab_size})"
 
 
+def as_mm1_tokenizer(tokenizer) -> MM1Tokenizer:
+    """mm1lab's tokenizer API over `tokenizer`: an MM1Tokenizer as it is, or a transformers fast tokenizer whose
+    vocabulary has mm1lab's special tokens at ids 0..6 (an LM folder written by `mm1lab stage0 ship`)."""
+    if isinstance(tokenizer, MM1Tokenizer):
+        return tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise ValueError(f"{type(tokenizer).__name__} is not a fast (tokenizers-backed) tokenizer; mm1lab's data "
+                         "pipeline needs one with its special tokens at ids 0..6")
+    return MM1Tokenizer(backend)
+
+
 def train_tokenizer(texts: Iterable[str], *, vocab_size: int = DEFAULT_VOCAB_SIZE, min_frequency: int = 2,
                     path: str | Path | None = None) -> MM1Tokenizer:
     """Train a byte-level BPE on `texts`; specials at ids 0..6. Deterministic for the same texts.

@@ -92,7 +92,7 @@ HF_LLAMA = KeyMap(
 # `vision_model.`; transformers 5 saves a CLIPVisionModel/SiglipVisionModel without that prefix.
 HF_VISION_PREFIXES = ("vision_model.", "")
 
-# The transformer blocks of HF's CLIP and SigLIP vision towers share names.
+# The transformer blocks of HF's CLIP and SigLIP vision towers (and CLIP's text tower) share names.
 _HF_VIT_BLOCKS = {
     "blocks.{i}.norm1.weight": "encoder.layers.{i}.layer_norm1.weight",
     "blocks.{i}.norm1.bias": "encoder.layers.{i}.layer_norm1.bias",
@@ -110,9 +110,8 @@ _HF_VIT_BLOCKS = {
     "blocks.{i}.mlp.fc1.bias": "encoder.layers.{i}.mlp.fc1.bias",
     "blocks.{i}.mlp.fc2.weight": "encoder.layers.{i}.mlp.fc2.weight",
     "blocks.{i}.mlp.fc2.bias": "encoder.layers.{i}.mlp.fc2.bias",
-    "norm_post.weight": "post_layernorm.weight",
-    "norm_post.bias": "post_layernorm.bias",
 }
+_HF_VIT_POST_NORM = {"norm_post.weight": "post_layernorm.weight", "norm_post.bias": "post_layernorm.bias"}
 
 HF_CLIP_VISION = KeyMap(
     name="hf_clip_vision",
@@ -123,12 +122,26 @@ HF_CLIP_VISION = KeyMap(
         "norm_pre.weight": "pre_layrnorm.weight",     # sic: HF's spelling
         "norm_pre.bias": "pre_layrnorm.bias",
         **_HF_VIT_BLOCKS,
+        **_HF_VIT_POST_NORM,
     },
     transforms={"patch_embed.weight": "conv_to_linear"},
     # A full CLIPModel folder also holds the text tower and the contrastive projections.
     ignored=("text_model.*", "visual_projection.*", "text_projection.*", "logit_scale",
              "*embeddings.position_ids"),
     prefixes=HF_VISION_PREFIXES,
+)
+
+HF_CLIP_TEXT = KeyMap(
+    name="hf_clip_text",
+    keys={
+        "token_embed.weight": "embeddings.token_embedding.weight",
+        "pos_embed": "embeddings.position_embedding.weight",
+        **_HF_VIT_BLOCKS,
+        "norm.weight": "final_layer_norm.weight",
+        "norm.bias": "final_layer_norm.bias",
+    },
+    ignored=("*embeddings.position_ids",),
+    prefixes=("text_model.",),
 )
 
 HF_SIGLIP_VISION = KeyMap(
@@ -138,6 +151,7 @@ HF_SIGLIP_VISION = KeyMap(
         "patch_embed.bias": "embeddings.patch_embedding.bias",
         "pos_embed": "embeddings.position_embedding.weight",
         **_HF_VIT_BLOCKS,
+        **_HF_VIT_POST_NORM,
     },
     transforms={"patch_embed.weight": "conv_to_linear"},
     # `head` is SigLIP's attention-pooling head (image embedding for the contrastive loss), not patch features.

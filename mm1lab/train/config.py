@@ -20,7 +20,13 @@ from mm1lab.config import PARTS, ConfigError, MM1Config, build, plain
 
 PRECISIONS = ("fp32", "bf16")
 PARALLEL = ("auto", "none", "ddp", "fsdp")
-SOURCES = ("shapeworld", "synthetic")
+SOURCES = ("shapeworld", "captions", "files", "synthetic")
+# What each objective trains, by part; `freeze` and `optim.lr_scale` name these (see mm1lab.train.objectives).
+OBJECTIVE_PARTS: dict[str, tuple[str, ...]] = {
+    "vlm": PARTS,                          # MM1: encoder, connector, LM (text-only LM pre-training too)
+    "clip": ("vision", "text", "head"),    # head: the two projections and the temperature (and SigLIP's bias)
+    "aim": ("vision", "head"),             # head: the pixel-regression MLP
+}
 
 
 def _check(ok: bool, message: str) -> None:
@@ -28,11 +34,20 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _parts(value: dict[str, Any], name: str, default: Any) -> dict[str, Any]:
+def _parts(value: dict[str, Any], name: str, default: Any, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
     """A per-part dict completed with `default` for missing parts; unknown parts are an error."""
-    unknown = sorted(set(value) - set(PARTS))
-    _check(not unknown, f"TrainConfig.{name}: unknown part(s) {unknown}; parts are {', '.join(PARTS)}")
-    return {part: value.get(part, default) for part in PARTS}
+    unknown = sorted(set(value) - set(parts))
+    _check(not unknown, f"TrainConfig.{name}: unknown part(s) {unknown}; parts are {', '.join(parts)}")
+    return {part: value.get(part, default) for part in parts}
+
+
+def parse_model(objective: str, spec: str | dict[str, Any]) -> Any:
+    """The model config of `objective` from a preset name or a config dict (MM1Config, CLIPConfig, AIMConfig)."""
+    if objective == "vlm":
+        return MM1Config.preset(spec) if isinstance(spec, str) else MM1Config.from_dict(spec)
+    from mm1lab.stage0.presets import stage0_config
+
+    return stage0_config(objective, spec)
 
 
 @dataclass(kw_only=True)
@@ -50,7 +65,6 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
-        self.lr_scale = _parts(self.lr_scale, "optim.lr_scale", 1.0)
         _check(self.lr is None or self.lr > 0, f"TrainConfig.optim.lr must be > 0 or null, got {self.lr}")
         _check(self.weight_decay is None or self.weight_decay >= 0,
                f"TrainConfig.optim.weight_decay must be >= 0 or null, got {self.weight_decay}")
@@ -63,17 +77,32 @@ class OptimConfig:
 
 @dataclass(kw_only=True)
 class DataConfig:
-    """Where batches come from: the ShapeWorld mixture (`mm1lab.data`) or a synthetic stream (tests, benchmarks)."""
+    """Where batches come from: the ShapeWorld mixture (`mm1lab.data`), real corpora (`files`) or a synthetic stream
+    (tests, benchmarks). How they are read: `shards`, `num_workers`, `shuffle_buffer`, `epochs` (mm1lab.train.data)."""
 
-    source: str = "shapeworld"
+    source: str = "shapeworld"             # or "files": real corpora (`files`); "captions": caption shards (`paths`)
+    # ShapeWorld stream weights; "medium:dense" takes a stream from another difficulty than `difficulty`.
     mixture: dict[str, float] = field(default_factory=lambda: {"caption": 0.45, "interleaved": 0.45, "text": 0.10})
     difficulty: str = "easy"
+    paths: list[str] = field(default_factory=list)   # source "captions": tar shards, folders or globs
+    # source "files": {mixture key: sources}; the key names the format after its last colon (caption: WebDataset
+    # tars, interleaved: OBELICS JSONL, text: JSONL, sft: LLaVA), e.g. "dfn:caption". Sources: paths, folders, globs,
+    # brace ranges, fsspec URLs, `pipe:` commands (mm1lab/data/sources.py).
+    files: dict[str, list[str]] = field(default_factory=dict)
     seq_len: int = 256                      # tokens per row
     pack: bool = False                      # pack several samples per row
-    num_workers: int = 0                    # 0 keeps resume exact (the data state lives in this process)
+    num_workers: int = 0                    # DataLoader workers per rank (0: in the training process); resume is exact
+    shards: int = 64                        # the data is read in this many shards (a multiple of micro x ranks x
+                                            # workers); fixed for a run, so any split reads the same samples
+    shuffle_buffer: int = 1000              # records per shard and file stream in the shuffle buffer (files only)
+    epochs: int | None = None               # passes over finite files (None: endless, reshuffled every epoch)
     seed: int = 0
     high_res: bool = False                  # MM1 sub-images: a 2x-resolution render as overview + 2x2 crops
     multi_image_share: float = 0.1          # share of SFT conversations about two images
+    # Question types asked in interleaved documents and conversations (None: the world's own mix); e.g. adds
+    # "position", or "caption" / "describe" turns (SFT). Scenes and evaluation items do not change with it.
+    question_mix: dict[str, float] | None = None
+    compare_share: float = 0.0              # chance of a two-image comparison passage in an interleaved document
 
     def __post_init__(self) -> None:
         _check(self.source in SOURCES, f"TrainConfig.data.source must be one of {SOURCES}, got {self.source!r}")
@@ -82,6 +111,17 @@ class DataConfig:
         _check(self.seq_len > 0 and self.num_workers >= 0, "TrainConfig.data.seq_len must be > 0, num_workers >= 0")
         _check(0 <= self.multi_image_share <= 1,
                f"TrainConfig.data.multi_image_share must be in [0, 1], got {self.multi_image_share}")
+        _check(self.shards > 0 and self.shuffle_buffer >= 0 and (self.epochs is None or self.epochs > 0),
+               "TrainConfig.data.shards must be > 0, shuffle_buffer >= 0, epochs > 0 or null")
+        if self.source == "files":
+            from mm1lab.data.formats import READERS
+
+            missing = sorted(k for k, w in self.mixture.items() if w > 0 and k not in self.files)
+            _check(not missing, f"TrainConfig.data.files has no sources for mixture key(s) {missing}; give "
+                                f"{{key: [paths or URLs]}} for every key of data.mixture with a positive weight")
+            unknown = sorted(k for k in self.files if k.rpartition(":")[2] not in READERS)
+            _check(not unknown, f"TrainConfig.data.files: key(s) {unknown} name no format; a key ends in one of "
+                                f"{', '.join(READERS)} (e.g. 'caption' or 'dfn:caption')")
 
 
 @dataclass(kw_only=True)
@@ -120,8 +160,12 @@ class TrainConfig:
 
     stage: str = "pretrain"
     name: str = "run"
-    model: str | dict[str, Any] = "tiny"    # preset name or an MM1Config dict; ignored with init_from
+    objective: str = "vlm"                  # vlm (MM1, also text-only LM training) | clip | aim (stage 0)
+    model: str | dict[str, Any] = "tiny"    # preset name or a config dict of the objective; ignored with init_from
     init_from: str | None = None            # a run or checkpoint dir whose weights (and model config) start SFT
+    # Stage-0 parts a vlm run starts from: {"vision": HF CLIP/SigLIP folder or timm weights, "lm": HF Llama-family
+    # folder}; their architectures replace `model`'s, which still gives the connector and vision.feature_layer.
+    pretrained: dict[str, str] = field(default_factory=dict)
     out_dir: str | None = None              # None: runs/<name>
     steps: int = 1000
     batch_size: int = 64
@@ -143,8 +187,19 @@ class TrainConfig:
                           ("track", TrackConfig)):
             if isinstance(getattr(self, attr), dict):
                 setattr(self, attr, build(cls, getattr(self, attr), f"TrainConfig.{attr}"))
-        self.freeze = _parts(self.freeze, "freeze", False)
         _check(self.stage in STAGES, f"TrainConfig.stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        _check(self.objective in OBJECTIVE_PARTS,
+               f"TrainConfig.objective must be one of {', '.join(OBJECTIVE_PARTS)}, got {self.objective!r}")
+        parts = OBJECTIVE_PARTS[self.objective]
+        self.freeze = _parts(self.freeze, "freeze", False, parts)
+        self.optim.lr_scale = _parts(self.optim.lr_scale, "optim.lr_scale", 1.0, parts)
+        unknown = sorted(set(self.pretrained) - {"vision", "lm"})
+        _check(not unknown, f"TrainConfig.pretrained: unknown part(s) {unknown}; give vision and/or lm folders")
+        _check(not self.pretrained or (self.objective == "vlm" and self.init_from is None),
+               "TrainConfig.pretrained starts a vlm run from stage-0 parts; it cannot go with init_from or "
+               f"objective {self.objective!r}")
+        _check(self.objective == "vlm" or self.init_from is None,
+               f"TrainConfig.init_from continues an MM1 model; objective {self.objective!r} starts fresh")
         _check(self.steps > 0 and self.batch_size > 0, "TrainConfig.steps and batch_size must be positive")
         _check(self.micro_batch_size is None or self.micro_batch_size > 0,
                f"TrainConfig.micro_batch_size must be positive or null, got {self.micro_batch_size}")
@@ -160,11 +215,9 @@ class TrainConfig:
     def run_dir(self) -> Path:
         return Path(self.out_dir or Path("runs") / self.name)
 
-    def model_config(self) -> MM1Config:
-        """The MM1Config this run trains (a preset by name or a full dict)."""
-        if isinstance(self.model, str):
-            return MM1Config.preset(self.model)
-        return MM1Config.from_dict(self.model)
+    def model_config(self) -> Any:
+        """The model config this run trains (MM1Config for vlm, else the stage-0 config), from `model`."""
+        return parse_model(self.objective, self.model)
 
     def accumulation(self, world: int) -> tuple[int, int]:
         """(micro batch per rank, accumulation steps) for `world` ranks; the global batch must split evenly."""
@@ -244,4 +297,8 @@ STAGES: dict[str, dict[str, Any]] = {
                      data=dict(mixture=dict(caption=0.45, interleaved=0.45, text=0.10))),
     "sft": dict(freeze=dict(vision=False, connector=False, lm=False), data=dict(mixture=dict(sft=1.0))),
     "align": dict(freeze=dict(vision=True, connector=False, lm=True), data=dict(mixture=dict(caption=1.0))),
+    # Stage 0 (see mm1lab/stage0): the encoder on image-text pairs or pixels, the LM on text alone.
+    "clip": dict(objective="clip", model="clip-tiny", data=dict(mixture=dict(caption=0.5, dense=0.5))),
+    "aim": dict(objective="aim", model="aim-tiny", data=dict(mixture=dict(caption=1.0))),
+    "text": dict(freeze=dict(vision=True, connector=True, lm=False), data=dict(mixture=dict(text=1.0))),
 }

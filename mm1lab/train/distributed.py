@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -77,8 +78,9 @@ def resolve_parallel(mode: str, info: DistInfo) -> str:
     return mode
 
 
-def wrap_model(model: nn.Module, mode: str, info: DistInfo) -> nn.Module:
-    """Wrap for data parallelism: FSDP2 per transformer block, or DDP. Returns the module to call."""
+def wrap_model(model: nn.Module, mode: str, info: DistInfo, *, blocks: list[nn.Module] | None = None) -> nn.Module:
+    """Wrap for data parallelism: FSDP2 per transformer block (`blocks`; default MM1's encoder and LM blocks), or
+    DDP. Returns the module to call."""
     if mode == "none":
         return model
     if mode == "ddp":
@@ -88,7 +90,7 @@ def wrap_model(model: nn.Module, mode: str, info: DistInfo) -> nn.Module:
         return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
     if mode == "fsdp":
         from torch.distributed.fsdp import fully_shard
-        for block in list(model.vision.blocks) + list(model.lm.layers):
+        for block in blocks if blocks is not None else list(model.vision.blocks) + list(model.lm.layers):
             fully_shard(block)   # each block's weights are gathered just before it runs, freed after
         fully_shard(model)
         return model
@@ -128,6 +130,15 @@ def all_reduce(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
     return t
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """`obj` of every rank, in rank order (picklable objects; [obj] in one process)."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier() -> None:

@@ -71,18 +71,29 @@ class WarmupCosine:
         self._apply()
 
 
-def param_groups(model: nn.Module, *, peak_lr: float, weight_decay: float,
-                 lr_scale: dict[str, float]) -> list[dict]:
-    """AdamW groups per part (vision, connector, lm) x (decayed, not decayed), trainable parameters only.
+def part_of(name: str, parts: tuple[str, ...]) -> str:
+    """The part a parameter belongs to: its name's first component, or "head" for what sits outside the parts."""
+    first = name.split(".", 1)[0]
+    return first if first in parts else "head"
 
-    Matrices and conv kernels decay; biases, norm gains, position and class embeddings do not (the usual
-    practice: decaying them only pulls scales towards zero). Parts with lr_scale 0 are left out.
+
+def param_groups(model: nn.Module, *, peak_lr: float, weight_decay: float, lr_scale: dict[str, float],
+                 parts: tuple[str, ...] = PARTS) -> list[dict]:
+    """AdamW groups per part (MM1: vision, connector, lm) x (decayed, not decayed), trainable parameters only.
+
+    A parameter's part is its name's first component, or "head" when that is not one of `parts` (a stage-0
+    model's projections and temperature). Matrices and conv kernels decay; biases, norm gains, position and class
+    embeddings do not (the usual practice: decaying them only pulls scales towards zero). Parts with lr_scale 0
+    are left out.
     """
+    by_part: dict[str, list[tuple[str, nn.Parameter]]] = {part: [] for part in parts}
+    for name, p in model.named_parameters():
+        by_part.setdefault(part_of(name, parts), []).append((name, p))
     groups = []
-    for part in PARTS:
+    for part, named in by_part.items():
         scale = lr_scale.get(part, 1.0)
         decay, no_decay = [], []
-        for name, p in getattr(model, part).named_parameters():
+        for name, p in named:
             if not p.requires_grad or scale == 0:
                 continue
             plain = p.ndim < 2 or "pos" in name or "cls" in name

@@ -1,15 +1,18 @@
 """The training loop: one `train(cfg)` for notebooks, the CLI and papermill, single process or under torchrun.
 
-A step draws one global batch (`batch_size` sequences over all ranks), runs it as micro-batches, and makes one
-AdamW update. The loss is token-weighted over the *global* batch: each micro-batch's mean cross-entropy is scaled
-by its share of the global loss tokens. With unpacked rows (`pack: false`) the gradient is then the same for any
-split into ranks and micro-batches, so a torchrun run reproduces the single-process one. Packed rows let documents
-attend to each other and MoE auxiliary losses are averaged per micro-batch, so there the split matters: a run
-reproduces the single-process one at the same `micro_batch_size` only (docs/distributed.md).
+What is trained and on which loss is the run's objective (`mm1lab.train.objectives`): MM1 itself (`vlm`, also
+text-only LM pre-training) or a stage-0 encoder (`clip`, `aim`). A step draws one global batch (`batch_size`
+samples over all ranks), runs it as micro-batches, and makes one AdamW update. The loss is weighted over the
+*global* batch: each micro-batch's mean loss is scaled by its share of the global loss units (tokens for the LM).
+With unpacked rows (`pack: false`) the gradient is then the same for any split into ranks and micro-batches, so a
+torchrun run reproduces the single-process one. Packed rows let documents attend to each other and MoE auxiliary
+losses are averaged per micro-batch, so there the split matters: a run reproduces the single-process one at the
+same `micro_batch_size` only (docs/distributed.md).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import threading
@@ -21,12 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from torch import nn
 
-from mm1lab.config import MM1Config
 from mm1lab.folders import CHECKPOINTS, find_checkpoint
 from mm1lab.load import load_model
-from mm1lab.model import MM1Model
 from mm1lab.train import distributed as D
 from mm1lab.train.checkpoint import (
     fault_point,
@@ -35,12 +36,18 @@ from mm1lab.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from mm1lab.train.config import TrainConfig
-from mm1lab.train.data import GlobalBatches, build_data, loss_tokens
-from mm1lab.train.schedule import WarmupCosine, default_warmup, mm1_peak_lr, mm1_weight_decay, param_groups
+from mm1lab.train.config import TrainConfig, parse_model
+from mm1lab.train.data import GlobalBatches
+from mm1lab.train.objectives import OBJECTIVES
+from mm1lab.train.schedule import (
+    WarmupCosine,
+    default_warmup,
+    mm1_peak_lr,
+    mm1_weight_decay,
+    param_groups,
+    part_of,
+)
 from mm1lab.train.tracking import Tracker
-
-STREAM_KEYS = ("caption", "dense", "interleaved", "text", "sft", "other")   # "other": a stream not listed
 
 
 class TrainingError(RuntimeError):
@@ -57,7 +64,7 @@ class TrainResult:
     status: str                      # "finished" or "interrupted" (Ctrl-C: checkpointed, then stopped)
     metrics: dict[str, Any] = field(default_factory=dict)
     peak_lr: float = 0.0
-    model: MM1Model | None = None
+    model: nn.Module | None = None
 
 
 def train(cfg: TrainConfig | dict | str | Path, *, overrides: list[str] | None = None, source: Any = None,
@@ -74,23 +81,6 @@ def train(cfg: TrainConfig | dict | str | Path, *, overrides: list[str] | None =
     return Trainer(cfg, source=source, collate=collate, on_log=on_log).run()
 
 
-def add_stream_losses(stream_sum: torch.Tensor, stream_tok: torch.Tensor, mb: dict, out) -> None:
-    """Add a micro-batch's loss and token count per stream. A packed row holds several samples ("caption+text",
-    told apart by `segment_ids`), so each predicted token counts for the stream of the sample it belongs to."""
-    loss = out.token_loss.detach().double().cpu()
-    counted = out.token_counted.cpu()
-    segments = mb.get("segment_ids")
-    if segments is None:                                          # one sample per row
-        segments = torch.ones_like(counted, dtype=torch.long)
-    target_segment = F.pad(segments[:, 1:], (0, 1))               # the sample of the token being predicted
-    for row, names in enumerate(mb["stream"]):
-        for index, name in enumerate(names.split("+"), start=1):
-            keep = counted[row] & (target_segment[row] == index)
-            key = STREAM_KEYS.index(name) if name in STREAM_KEYS else len(STREAM_KEYS) - 1
-            stream_sum[key] += loss[row][keep].sum()
-            stream_tok[key] += keep.sum()
-
-
 class Trainer:
     """Builds model, optimizer, schedule, data and tracking for `cfg` (resuming if a checkpoint exists)."""
 
@@ -103,41 +93,34 @@ class Trainer:
         # the newest checkpoint that loads; a damaged one is reported on stderr and the one before it is used
         resume = resume_checkpoint(self.ckpt_root) if cfg.checkpoint.resume else None
         found = resume.path if resume is not None else None
-        # SFT starts from any folder `load_model` reads: a pre-training run, a checkpoint or an exported model
-        init = load_model(cfg.init_from).model if cfg.init_from and resume is None else None
-        # a resumed run keeps its own model config; SFT takes the pre-trained model's
-        if resume is not None:
-            self.model_cfg = MM1Config.from_dict(resume.model_config)
-        else:
-            self.model_cfg = init.cfg if init is not None else cfg.model_config()
-
-        torch.manual_seed(cfg.seed)   # same init on every rank
-        model = MM1Model(self.model_cfg)
-        if init is not None:
-            model.load_state_dict(init.state_dict())
-        model.freeze(**cfg.freeze).to(self.dev)
+        model = self._build_model(resume)
+        for name, param in model.named_parameters():   # freeze per part (parts: the objective's, see config)
+            param.requires_grad_(not cfg.freeze[part_of(name, self.objective.parts)])
+        model.to(self.dev)
         self.model, self.num_params = model, sum(p.numel() for p in model.parameters())
         self.peak_lr = cfg.optim.lr or mm1_peak_lr(self.num_params)
         wd = cfg.optim.weight_decay if cfg.optim.weight_decay is not None else mm1_weight_decay(self.peak_lr)
         self.mode = D.resolve_parallel(cfg.parallel, self.info)
-        self.wrapped = D.wrap_model(model, self.mode, self.info)
+        self.wrapped = D.wrap_model(model, self.mode, self.info, blocks=self.objective.blocks(model))
         # built after wrapping: FSDP2 swaps the parameters for sharded ones
-        groups = param_groups(model, peak_lr=self.peak_lr, weight_decay=wd, lr_scale=cfg.optim.lr_scale)
+        groups = param_groups(model, peak_lr=self.peak_lr, weight_decay=wd, lr_scale=cfg.optim.lr_scale,
+                              parts=self.objective.parts)
         self.optimizer = torch.optim.AdamW(groups, betas=cfg.optim.betas, eps=cfg.optim.eps)
         warmup = cfg.optim.warmup_steps if cfg.optim.warmup_steps is not None else default_warmup(cfg.steps)
         self.schedule = WarmupCosine(self.optimizer, warmup=warmup, total=cfg.steps, min_ratio=cfg.optim.min_lr_ratio)
         if cfg.compile:
-            # The LM only: packed rows fix its shapes, while the encoder's batch changes with the number of images
-            # in each batch and recompiles every few steps (whole-model compile measured 9x slower end to end on
-            # the tiny pre-training config; see docs/benchmarks.md).
-            model.lm.compile()
+            self.objective.compile(model)
         self.forward = self.wrapped
 
         if source is None:
-            source, collate = build_data(cfg, self.model_cfg)
+            source, collate = self.objective.data(cfg)
         self.micro, self.accum = cfg.accumulation(self.info.world)
+        if self.objective.one_micro_batch and self.accum > 1:
+            raise ValueError(f"objective {cfg.objective!r} needs each rank's share of a step in one micro-batch "
+                             f"(its loss does not split); set micro_batch_size to batch_size / ranks "
+                             f"({cfg.batch_size // self.info.world})")
         self.batches = GlobalBatches(source, collate, micro=self.micro, accum=self.accum, rank=self.info.rank,
-                                     world=self.info.world)
+                                     world=self.info.world, num_shards=cfg.data.shards, workers=cfg.data.num_workers)
         self.step, self.bad_run, self.bad_total = 0, 0, 0
         self.skipped: Counter[str] = Counter()
         if resume is not None:
@@ -187,40 +170,29 @@ class Trainer:
         return TrainResult(run_dir=cfg.run_dir, checkpoint=self.last_ckpt, step=self.step, status=status,
                            metrics=record, peak_lr=self.peak_lr, model=self.model)
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, Any]:
         """One optimizer step over one global batch; returns this step's global statistics."""
         t0 = time.perf_counter()
         micro_batches = self.batches.next_step()
-        counts = [loss_tokens(mb, self.model_cfg.image_token_id) for mb in micro_batches]
-        global_tokens = D.all_reduce(torch.stack([c.sum() for c in counts]).sum().double()).item()
-        # [ce*tokens, tokens seen, images, moe_balance, moe_z] + per-stream [loss*tokens, tokens] + skip counts
-        stream_sum, stream_tok = torch.zeros(len(STREAM_KEYS), dtype=torch.float64), torch.zeros(len(STREAM_KEYS),
-                                                                                              dtype=torch.float64)
-        sums = torch.zeros(5, dtype=torch.float64)
+        weights = [self.objective.weight(mb) for mb in micro_batches]
+        global_units = D.all_reduce(torch.tensor(float(sum(weights)), dtype=torch.float64)).item()
+        keys = self.objective.stat_keys
+        sums = torch.zeros(1 + len(keys), dtype=torch.float64)       # [loss x units, *the objective's stats]
         autocast = torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
-        for j, (mb, count) in enumerate(zip(micro_batches, counts)):
+        for j, (mb, weight) in enumerate(zip(micro_batches, weights)):
             self._sync_grads(j == len(micro_batches) - 1)
-            images = mb["images"].to(self.dev) if mb["images"] is not None else None
             with autocast:
-                out = self.forward(mb["input_ids"].to(self.dev), images, labels=mb["labels"].to(self.dev),
-                                   loss_mask=mb["loss_mask"].to(self.dev) if mb.get("loss_mask") is not None
-                                   else None, attention_mask=mb["attention_mask"].to(self.dev), return_logits=False)
-            ce = out.aux["ce"]
-            share = count.sum().item() / max(global_tokens, 1) * self.info.world   # ranks' grads are averaged
-            loss = ce * share + (out.loss - ce) / len(micro_batches)
-            loss.backward()
-            add_stream_losses(stream_sum, stream_tok, mb, out)
-            sums += torch.tensor([ce.item() * count.sum().item(), mb["attention_mask"].sum().item(),
-                                  0 if images is None else images.shape[0],
-                                  out.aux.get("moe_balance", torch.zeros(())).item() / len(micro_batches),
-                                  out.aux.get("moe_z", torch.zeros(())).item() / len(micro_batches)],
+                result = self.objective.loss(self.forward, mb, self.dev, len(micro_batches))
+            share = weight / max(global_units, 1) * self.info.world   # ranks' grads are averaged
+            (result.mean * share + result.aux / len(micro_batches)).backward()
+            sums += torch.tensor([result.mean.item() * weight, *(result.stats.get(k, 0.0) for k in keys)],
                                  dtype=torch.float64)
             self.skipped.update(mb.get("skipped") or {})
-        for t in (sums, stream_sum, stream_tok):
-            D.all_reduce(t)
-        if self.info.enabled:   # MoE terms were averaged per rank: average them over ranks as well
-            sums[3:] /= self.info.world
-        loss = sums[0].item() / max(global_tokens, 1)
+        D.all_reduce(sums)
+        stats = dict(zip(keys, sums[1:].tolist()))
+        if self.info.enabled:   # per-micro-batch means were averaged per rank: average them over ranks as well
+            stats.update({k: stats[k] / self.info.world for k in self.objective.averaged})
+        loss = sums[0].item() / max(global_units, 1)
         params = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip or math.inf)
         grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
@@ -240,10 +212,8 @@ class Trainer:
                 f"{self.step - self.bad_run + 1}..{self.step}); stopped without saving. The last good checkpoint is "
                 f"{self.last_ckpt or 'none (no checkpoint was written yet)'}. Try a lower optim.lr, "
                 f"precision=fp32, or check the data of those steps.")
-        streams = {k: (stream_sum[i] / stream_tok[i]).item() for i, k in enumerate(STREAM_KEYS) if stream_tok[i] > 0}
-        return dict(loss=loss, lr=lr, grad_norm=grad_norm, tokens=sums[1].item(), images=sums[2].item(),
-                    moe_balance=sums[3].item(), moe_z=sums[4].item(), finite=float(finite),
-                    time=time.perf_counter() - t0, **{f"stream/{k}": v for k, v in streams.items()})
+        return dict(loss=loss, lr=lr, grad_norm=grad_norm, finite=float(finite), time=time.perf_counter() - t0,
+                    tokens=stats.get("tokens", 0.0), images=stats.get("images", 0.0), stats=stats)
 
     def _sync_grads(self, last: bool) -> None:
         """Reduce gradients only on the last micro-batch of a step (DDP / FSDP2), saving communication."""
@@ -252,7 +222,7 @@ class Trainer:
         elif self.mode == "fsdp":
             self.wrapped.set_requires_gradient_sync(last)
 
-    def _record(self, window: list[dict[str, float]]) -> dict[str, Any]:
+    def _record(self, window: list[dict[str, Any]]) -> dict[str, Any]:
         """One metrics record averaged over the steps since the last one (non-finite steps left out)."""
         good = [w for w in window if w["finite"]] or window
         mean = lambda key: sum(w[key] for w in good) / len(good)   # noqa: E731
@@ -262,27 +232,48 @@ class Trainer:
                                       tokens_per_s=sum(w["tokens"] for w in window) / max(elapsed, 1e-9),
                                       images_per_s=sum(w["images"] for w in window) / max(elapsed, 1e-9),
                                       step_time=elapsed / len(window))
-        streams = {k.split("/", 1)[1]: sum(w[k] for w in good if k in w) / sum(k in w for w in good)
-                   for k in sorted({k for w in good for k in w if k.startswith("stream/")})}
-        record["stream_loss"] = streams
+        sums = {k: sum(w["stats"][k] for w in good) for k in self.objective.stat_keys}
+        record.update(self.objective.record(sums, len(good)))
         record["lr_parts"] = {g["name"]: g["lr"] for g in self.optimizer.param_groups if g["name"].endswith(".decay")}
-        if self.model_cfg.lm.moe is not None:
-            record.update(moe_balance=mean("moe_balance"), moe_z=mean("moe_z"))
         record.update(skipped=dict(self.skipped), nonfinite_steps=self.bad_total)
         return record
+
+    # ---- the model -------------------------------------------------------------------------------------
+    def _build_model(self, resume) -> nn.Module:
+        """The run's model: resumed, started from `init_from` (SFT) or from stage-0 parts, or fresh; seeded."""
+        cfg = self.cfg
+        init = load_model(cfg.init_from).model if cfg.init_from and resume is None else None
+        torch.manual_seed(cfg.seed)   # same init on every rank
+        if cfg.pretrained and resume is None:
+            model = build_from_parts(cfg)
+            self.model_cfg = model.cfg
+        else:
+            # a resumed run keeps its own model config; SFT takes the pre-trained model's
+            self.model_cfg = (parse_model(cfg.objective, resume.model_config) if resume is not None
+                              else init.cfg if init is not None else cfg.model_config())
+        self.objective = OBJECTIVES[cfg.objective](self.model_cfg)
+        if cfg.pretrained and resume is None:
+            return model
+        model = self.objective.build()
+        if init is not None:
+            model.load_state_dict(init.state_dict())
+        return model
 
     # ---- checkpoints -----------------------------------------------------------------------------------
     def save(self, record: dict[str, Any] | None = None) -> None:
         """Write a checkpoint of the current step (rank 0 writes; every rank takes part in gathering)."""
         weights, optim = D.gather_state(self.wrapped, self.optimizer)
+        data = self.batches.state_dict()   # every rank: each holds the positions of its own data shards
         if self.info.is_main:
-            state = dict(step=self.step, schedule=self.schedule.state_dict(), data=self.batches.state_dict(),
+            state = dict(step=self.step, schedule=self.schedule.state_dict(), data=data,
                          rng=rng_state(), skipped=dict(self.skipped), bad_run=self.bad_run, bad_total=self.bad_total)
             import yaml
             self.last_ckpt = save_checkpoint(
-                self.ckpt_root, self.step, weights=weights, model_config_json=self.model_cfg.to_json(),
+                self.ckpt_root, self.step, weights=weights,
+                model_config_json=json.dumps(self.model_cfg.to_dict(), indent=2),
                 train_config_yaml=yaml.safe_dump(self.cfg.to_dict(), sort_keys=False), optimizer=optim,
-                state=state, meta=dict(time=time.time(), metrics=record or {}), keep=self.cfg.checkpoint.keep)
+                state=state, meta=dict(time=time.time(), objective=self.cfg.objective, metrics=record or {}),
+                keep=self.cfg.checkpoint.keep)
         D.barrier()
         self.last_ckpt = find_checkpoint(self.ckpt_root)
 
@@ -312,3 +303,31 @@ class Trainer:
         """Every rank stops at the same step if any rank was interrupted."""
         flag = torch.tensor([float(self.stop_requested)])
         return bool(D.all_reduce(flag, op="max").item()) if self.info.enabled else self.stop_requested
+
+
+def build_from_parts(cfg: TrainConfig) -> nn.Module:
+    """MM1 from stage-0 parts (`cfg.pretrained`) through `build_mm1_from_parts`, the path public checkpoints take:
+    pretrained encoder and/or LM and a fresh connector (`cfg.model`'s). A part not given is built fresh from
+    `cfg.model`. The LM folder's tokenizer must be the data's (mm1lab's ShapeWorld tokenizer), since the data
+    pipeline tokenizes with that one."""
+    from mm1lab.pretrained import build_mm1_from_parts
+
+    base = cfg.model_config()
+    model, tokenizer = build_mm1_from_parts(
+        cfg.pretrained.get("vision"), cfg.pretrained.get("lm"), base.connector, base=base,
+        feature_layer=base.vision.feature_layer, max_images=base.max_images, name=f"{base.name}-from-stage0")
+    if "lm" in cfg.pretrained:
+        check_data_tokenizer(tokenizer, cfg.pretrained["lm"])
+    return model
+
+
+def check_data_tokenizer(tokenizer, folder) -> None:
+    """Refuse an LM whose tokenizer is not the one the ShapeWorld data is tokenized with."""
+    from mm1lab.data.tokenizer import load_tokenizer
+
+    ours = load_tokenizer()
+    vocab = tokenizer.get_vocab() if tokenizer is not None else {}
+    if vocab != ours.tokenizer.get_vocab():
+        raise ValueError(f"{folder}: its tokenizer is not mm1lab's ShapeWorld tokenizer (data_samples/tokenizer.json),"
+                         " which the training data is tokenized with; pass an LM trained on it (mm1lab stage0 ship "
+                         "writes one) or bring your own data source and collator")
