@@ -1,0 +1,125 @@
+"""Contrastive image-text pre-training (CLIP, Radford et al. 2021; SigLIP, Zhai et al. 2023): MM1's encoder objective.
+
+b - batch, n - text tokens, d - tower width, e - joint embedding
+
+    image -> VisionEncoder -> CLS -> visual_projection ─┐
+                                                        ├─ cosine similarities x scale (+ bias) -> loss
+    text  -> TextTower -> <|end|> token -> text_projection ─┘
+
+The CLIP loss is the symmetric InfoNCE over the b x b similarity matrix: row i should pick column i (image -> text)
+and column i row i (text -> image), with a learned temperature. SigLIP's loss treats each of the b^2 pairs as an
+independent binary decision (sigmoid), so it needs no softmax over the batch. Names follow transformers' CLIPModel
+(`mm1lab.stage0.export` writes one), so a trained model loads in transformers and, through `load_hf_vision`, in MM1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from mm1lab.stage0.config import CLIPConfig, TextConfig
+from mm1lab.vision import Block, VisionEncoder
+
+
+class TextTower(nn.Module):
+    """CLIP's text transformer: token + position embeddings, causal pre-norm blocks, final LayerNorm, read out at the
+    first end-of-text token (every caption ends with one; the collator adds it)."""
+
+    def __init__(self, cfg: TextConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.token_embed = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.pos_embed = nn.Parameter(torch.randn(cfg.max_len, cfg.width) * 0.01)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))   # the ViT's block, run causally
+        self.norm = nn.LayerNorm(cfg.width, eps=cfg.norm_eps)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """(b, n) token ids, each row holding `eot_token_id` -> (b, d) features at its first end-of-text token."""
+        if ids.shape[1] > self.cfg.max_len:
+            raise ValueError(f"text of {ids.shape[1]} tokens is longer than the tower's max_len={self.cfg.max_len}")
+        eot = ids == self.cfg.eot_token_id
+        if not bool(eot.any(1).all()):
+            raise ValueError(f"every caption must hold the end-of-text token (id {self.cfg.eot_token_id}); "
+                             "tokenize with mm1lab.stage0.data.encode_captions")
+        x = self.token_embed(ids) + self.pos_embed[: ids.shape[1]]
+        for block in self.blocks:
+            x, _ = block(x, causal=True)
+        x = self.norm(x)
+        first = eot.int().argmax(1)                      # the first end-of-text position of each row
+        return x[torch.arange(len(ids), device=ids.device), first]
+
+
+@dataclass
+class CLIPOutput:
+    """loss; logits (b_images, b_texts) scaled similarities; the normalised embeddings of both towers."""
+
+    loss: Tensor | None
+    logits: Tensor
+    image_embeds: Tensor
+    text_embeds: Tensor
+
+
+class CLIP(nn.Module):
+    """Two towers and a learned temperature (and bias, for SigLIP). `model(images, ids)` -> CLIPOutput."""
+
+    def __init__(self, cfg: CLIPConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vision = VisionEncoder(cfg.vision)
+        self.text = TextTower(cfg.text)
+        self.visual_projection = nn.Linear(cfg.vision.width, cfg.embed_dim, bias=False)
+        self.text_projection = nn.Linear(cfg.text.width, cfg.embed_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.init_temperature)))
+        self.logit_bias = nn.Parameter(torch.tensor(cfg.init_bias)) if cfg.loss == "siglip" else None
+        init_fan_in(self)
+        nn.init.normal_(self.text.token_embed.weight, std=0.02)
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """(b, c, H, W) -> (b, e) unit-norm image embeddings (from the CLS token)."""
+        return F.normalize(self.visual_projection(self.vision(images, layer=-1).cls), dim=-1)
+
+    def encode_text(self, ids: Tensor) -> Tensor:
+        """(b, n) -> (b, e) unit-norm text embeddings."""
+        return F.normalize(self.text_projection(self.text(ids)), dim=-1)
+
+    def similarity(self, image_embeds: Tensor, text_embeds: Tensor) -> Tensor:
+        """Scaled cosine similarities (b_images, b_texts), the logits of both losses."""
+        scale = self.logit_scale.clamp(max=math.log(self.cfg.max_logit_scale)).exp()
+        logits = scale * image_embeds @ text_embeds.T
+        return logits if self.logit_bias is None else logits + self.logit_bias
+
+    def forward(self, images: Tensor, ids: Tensor) -> CLIPOutput:
+        """Embed b images and their b captions (pair i is image i with caption i) and compute the loss."""
+        image_embeds, text_embeds = self.encode_images(images), self.encode_text(ids)
+        logits = self.similarity(image_embeds, text_embeds)
+        loss = clip_loss(logits) if self.cfg.loss == "clip" else siglip_loss(logits)
+        return CLIPOutput(loss=loss, logits=logits, image_embeds=image_embeds, text_embeds=text_embeds)
+
+
+def init_fan_in(model: nn.Module) -> None:
+    """N(0, 1/fan_in) linear weights, zero biases (as OpenCLIP's width**-0.5). At these widths (64) GPT's fixed
+    std 0.02 leaves every image's CLS token nearly the same at init, and the contrastive loss sits at log(batch)
+    for hundreds of steps before it breaks the symmetry; measured on ShapeWorld: 60 steps at ln(64) vs 2.25."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=module.weight.shape[1] ** -0.5)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+def clip_loss(logits: Tensor) -> Tensor:
+    """Symmetric InfoNCE: the mean of image->text and text->image cross-entropy, the diagonal being the targets."""
+    targets = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(rearrange(logits, 'i t -> t i'), targets)) / 2
+
+
+def siglip_loss(logits: Tensor) -> Tensor:
+    """SigLIP: -log sigmoid(z_ij * logit_ij) with z = +1 on the diagonal and -1 elsewhere, summed over pairs and
+    averaged over images (the paper's normalisation)."""
+    labels = 2 * torch.eye(len(logits), device=logits.device, dtype=logits.dtype) - 1
+    return -F.logsigmoid(labels * logits).sum() / len(logits)

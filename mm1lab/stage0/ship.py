@@ -1,0 +1,177 @@
+"""`mm1lab stage0 ship`: train the stage-0 models the CPU presets start from, export them, score them, write them
+into the repository's `stage0/` folder. It is the only writer of that folder.
+
+    stage0/
+        clip-tiny/  clip-tiny-128/      CLIP encoders at 64 and 128 px (transformers CLIPModel folders)
+        aim-tiny/   aim-tiny-128/       AIM trunks at 64 and 128 px (SiglipVisionModel folders)
+        lm-tiny/                        the tiny preset's LM, pre-trained on text (LlamaForCausalLM folder)
+        README.md                       what each is, its scores beside chance, and how long it took
+
+Each model is trained by `mm1lab train` on its config in `configs/` (runs go to `runs/stage0/<name>/`, so an
+interrupted `ship` resumes), exported (`mm1lab.stage0.export`), then scored on held-out scenes: CLIP zero-shot
+attributes and retrieval, every encoder's linear probes, the LM's TextCore cloze. The scores are recorded in each
+folder's `mm1lab_stage0.json`; a test reloads the shipped folders and reproduces the zero-shot scores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs"
+ZERO_SHOT_N = 128          # the fixed small set the recorded zero-shot scores are computed on (a test redoes it)
+PROBE_TRAIN, PROBE_TEST = 2048, 256
+# The sign can stand anywhere along its row, so its word is read by an attention-pooling probe (position-invariant);
+# the other attributes are about places and counts, read in place by a linear probe over every patch.
+PROBE_KIND = {"text": "attention"}
+ATTRIBUTES = ("color", "count", "shape", "position", "text")
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """One shipped model: its kind (clip / aim / lm), training config, and overrides of it."""
+
+    kind: str
+    config: str
+    overrides: tuple[str, ...] = field(default_factory=tuple)
+
+
+SHIPPED: dict[str, Shipped] = {
+    "lm-tiny": Shipped("lm", "stage0-lm-tiny.yaml"),
+    "clip-tiny": Shipped("clip", "stage0-clip-tiny.yaml"),
+    "aim-tiny": Shipped("aim", "stage0-aim-tiny.yaml"),
+    # At 128 px a step costs ~4x a 64-px step (4x the patches), and all five models must train in about an hour on
+    # 2 cores, so the 128-px encoders take 250 steps: about the 64-px encoders' compute, but under a third of their
+    # image-text pairs. Table 1 in notebook 08 and docs/stage0.md say so beside every 64-vs-128 comparison.
+    "clip-tiny-128": Shipped("clip", "stage0-clip-tiny.yaml", ("model=clip-tiny-128", "steps=250")),
+    "aim-tiny-128": Shipped("aim", "stage0-aim-tiny.yaml", ("model=aim-tiny-128", "steps=250")),
+}
+SMOKE_OVERRIDES = ("steps=2", "batch_size=8", "data.seq_len=128", "optim.warmup_steps=1", "track.progress=false")
+
+
+def score(kind: str, folder: Path, *, smoke: bool = False, attributes: tuple[str, ...] = ATTRIBUTES) -> dict[str, Any]:
+    """Held-out scores of an encoder or LM folder, each with its chance level (see `mm1lab.stage0.evaluate`)."""
+    from mm1lab.data.tokenizer import load_tokenizer
+    from mm1lab.stage0 import evaluate as E
+
+    n, n_train, n_test = (8, 32, 16) if smoke else (ZERO_SHOT_N, PROBE_TRAIN, PROBE_TEST)
+    out: dict[str, Any] = {}
+    if kind == "lm":
+        return dict(text=lm_cloze(folder, n=16 if smoke else 256))
+    if kind == "clip":
+        from mm1lab.stage0.export import load_clip
+
+        clip, tok = load_clip(folder), load_tokenizer()
+        out["zero_shot"] = {a: E.zero_shot(clip, tok, a, n=n) for a in attributes}
+        out["retrieval"] = E.retrieval(clip, tok, n=n)
+        encoder = clip.vision
+    else:
+        from mm1lab.pretrained import load_hf_vision
+
+        encoder = load_hf_vision(folder)
+    out["probe"] = {a: E.linear_probe(encoder, a, n_train=n_train, n_test=n_test, steps=20 if smoke else 300,
+                                      kind=PROBE_KIND.get(a, "linear")) for a in attributes}
+    return out
+
+
+def lm_cloze(folder: Path, *, n: int) -> dict[str, float]:
+    """The TextCore analogue (log-likelihood ranking of 4 choices) for an LM folder, beside chance."""
+    from mm1lab.config import MM1Config
+    from mm1lab.data.tokenizer import as_mm1_tokenizer
+    from mm1lab.eval.harness import evaluate
+    from mm1lab.model import MM1Model
+    from mm1lab.pretrained import load_hf_lm
+
+    loaded = load_hf_lm(folder)
+    model = MM1Model(MM1Config.preset("tiny", lm=loaded.cfg))
+    model.lm.load_state_dict(loaded.lm.state_dict())
+    report = evaluate(model.eval(), as_mm1_tokenizer(loaded.tokenizer), "shapeworld-pretrain", shots=(0,),
+                      tasks=("text",), n=n)
+    entry = report["tasks"]["text@0shot"]
+    return dict(score=entry["score"], interval=entry["interval"], uniform=entry["baseline"], n=entry["n"])
+
+
+def ship(names: list[str] | None = None, *, out: str | Path = ROOT / "stage0", runs: str | Path = "runs/stage0",
+         smoke: bool = False, progress=print) -> dict[str, Any]:
+    """Train, export and score each shipped model (`SHIPPED`, or `names`) into `out`; returns what was recorded."""
+    from mm1lab.train import train
+
+    out, runs = Path(out), Path(runs)
+    names = names or list(SHIPPED)
+    unknown = sorted(set(names) - set(SHIPPED))
+    if unknown:
+        raise ValueError(f"unknown stage-0 model(s) {unknown}; choose from {', '.join(SHIPPED)}")
+    recorded = {}
+    for name in names:
+        spec = SHIPPED[name]
+        overrides = [*spec.overrides, f"out_dir={runs / name}", *(SMOKE_OVERRIDES if smoke else ())]
+        progress(f"stage0 {name}: training ({CONFIGS / spec.config} {' '.join(overrides)})")
+        start = time.perf_counter()
+        result = train(CONFIGS / spec.config, overrides=overrides)
+        seconds = time.perf_counter() - start
+        if result.status != "finished":
+            raise RuntimeError(f"stage0 {name}: training was {result.status} at step {result.step}; run again to "
+                               "resume")
+        info = dict(name=name, kind=spec.kind, config=spec.config, overrides=list(spec.overrides),
+                    steps=result.step, train_seconds=round(seconds, 1), final_loss=result.metrics.get("loss"),
+                    smoke=smoke)
+        folder = export(spec.kind, result.model, out / name, info)
+        start = time.perf_counter()
+        info["scores"] = score(spec.kind, folder, smoke=smoke)
+        info["score_seconds"] = round(time.perf_counter() - start, 1)
+        (folder / "mm1lab_stage0.json").write_text(json.dumps(info, indent=2) + "\n")
+        progress(f"stage0 {name}: {json.dumps(info['scores'])[:300]}")
+        recorded[name] = info
+    if not smoke or out != ROOT / "stage0":
+        (out / "README.md").write_text(readme({**read_recorded(out), **recorded}))
+    return recorded
+
+
+def export(kind: str, model, folder: Path, info: dict) -> Path:
+    """Write one trained model into `folder` in its public format."""
+    from mm1lab.data.tokenizer import load_tokenizer
+    from mm1lab.stage0.export import export_aim, export_clip, export_lm
+
+    if kind == "clip":
+        return export_clip(model, folder, info=info)
+    if kind == "aim":
+        return export_aim(model, folder, info=info)
+    return export_lm(model.lm, load_tokenizer(), folder, info=info)
+
+
+def read_recorded(out: Path) -> dict[str, Any]:
+    """What `ship` recorded in every folder under `out`."""
+    found = {}
+    for path in sorted(Path(out).glob("*/mm1lab_stage0.json")):
+        info = json.loads(path.read_text())
+        found[info["name"]] = info
+    return found
+
+
+def readme(recorded: dict[str, Any]) -> str:
+    """stage0/README.md: the shipped models, their scores beside chance, and their training time."""
+    lines = ["# stage0/", "", "MM1's stage 0 for the CPU presets: pre-trained encoders and LM that `make demo` starts "
+             "from.", "Written only by `mm1lab stage0 ship` (see `mm1lab/stage0/ship.py`); do not edit.", "",
+             "| model | kind | steps | train s | scores (chance) |", "| --- | --- | ---: | ---: | --- |"]
+    total = 0.0
+    for name, info in recorded.items():
+        total += info["train_seconds"] + info.get("score_seconds", 0)
+        lines.append(f"| `{name}` | {info['kind']} | {info['steps']} | {info['train_seconds']:.0f} | "
+                     f"{_brief(info['scores'])} |")
+    lines += ["", f"Total, training and scoring: {total / 60:.1f} min on the machine that ran `ship`.", ""]
+    return "\n".join(lines)
+
+
+def _brief(scores: dict[str, Any]) -> str:
+    parts = []
+    for group, entries in scores.items():
+        if "score" in entries:
+            parts.append(f"{group} {entries['score']:.2f} ({entries.get('uniform', 0):.2f})")
+            continue
+        for attr, s in entries.items():
+            parts.append(f"{group}/{attr} {s['score']:.2f} ({max(s.get('majority', 0), s.get('uniform', 0)):.2f})")
+    return "; ".join(parts)

@@ -1,0 +1,191 @@
+"""Stage 0: the contrastive and AIM objectives against hand-computed references, exports against transformers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers
+
+from mm1lab.config import MM1Config
+from mm1lab.data.tokenizer import load_tokenizer
+from mm1lab.model import MM1Model
+from mm1lab.pretrained import load_hf_lm, load_hf_vision
+from mm1lab.stage0.aim import AIM, patch_targets, prefix_causal_mask
+from mm1lab.stage0.clip import CLIP, clip_loss, siglip_loss
+from mm1lab.stage0.data import caption_of, encode_captions
+from mm1lab.stage0.export import export_aim, export_clip, export_lm, load_clip
+from mm1lab.stage0.presets import stage0_config
+
+
+def test_clip_loss_is_the_symmetric_infonce_written_out():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 1.5, 0.3], [-0.2, 0.4, 0.9]])
+    def infonce(rows):   # mean over rows of -log softmax(row)[diagonal]
+        return sum(-math.log(math.exp(r[i]) / sum(math.exp(x) for x in r)) for i, r in enumerate(rows)) / len(rows)
+    rows, cols = logits.tolist(), logits.T.tolist()
+    assert clip_loss(logits).item() == pytest.approx((infonce(rows) + infonce(cols)) / 2, rel=1e-6)
+
+
+def test_siglip_loss_is_the_pairwise_sigmoid_written_out():
+    logits = torch.tensor([[2.0, -0.5], [0.3, 1.0]])
+    log_sigmoid = lambda x: -math.log1p(math.exp(-x))   # noqa: E731
+    expected = -(log_sigmoid(2.0) + log_sigmoid(0.5) + log_sigmoid(-0.3) + log_sigmoid(1.0)) / 2
+    assert siglip_loss(logits).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_contrastive_losses_reward_the_matching_pairs():
+    good, bad = torch.eye(4) * 10, torch.ones(4, 4)
+    assert clip_loss(good) < 0.01 < clip_loss(bad)
+    assert siglip_loss(good - 5) < siglip_loss(bad)
+
+
+def test_prefix_causal_mask():
+    mask = prefix_causal_mask(torch.tensor([2, 1]), 4)[:, 0]
+    # prefix 2: patches 0 and 1 see each other; 2 sees 0..2; 3 sees 0..3
+    assert mask[0].int().tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]
+    # prefix 1 is plain causal
+    assert torch.equal(mask[1], torch.ones(4, 4, dtype=torch.bool).tril())
+
+
+def test_patch_targets_are_normalised_per_patch_in_raster_order():
+    pixels = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    targets = patch_targets(pixels, 2)
+    assert targets.shape == (2, 4, 12)
+    assert torch.allclose(targets.mean(-1), torch.zeros(2, 4), atol=1e-5)
+    assert torch.allclose(targets.var(-1, unbiased=False), torch.ones(2, 4), atol=1e-4)
+    # patch 1 is the top-right 2x2 block: channel-0 pixels 2, 3, 6, 7, in (p1 p2 c) order
+    raw = pixels[0, :, 0:2, 2:4].permute(1, 2, 0).reshape(-1)
+    assert torch.allclose(targets[0, 1], (raw - raw.mean()) / raw.std(unbiased=False), atol=1e-5)
+
+
+def test_aim_loss_counts_only_targets_past_the_prefix():
+    torch.manual_seed(0)
+    model = AIM(stage0_config("aim", "aim-tiny"))
+    images = torch.randn(2, 3, 64, 64)
+    out = model(images, prefix=torch.tensor([10, 63]))
+    assert out.counted[0].sum() == 63 - 9 and out.counted[1].sum() == 1   # targets 10..63, and only 63
+    manual = F.mse_loss(out.predictions[1, 62], out.targets[1, 63])
+    only_last = model(images[1:], prefix=torch.tensor([63]))
+    assert only_last.loss.item() == pytest.approx(manual.item(), rel=1e-5)
+
+
+def test_aim_trunk_is_prefix_causal_so_later_patches_cannot_change_earlier_features():
+    torch.manual_seed(0)
+    model = AIM(stage0_config("aim", "aim-tiny")).eval()
+    a = torch.randn(1, 3, 64, 64)
+    b = a.clone()
+    b[..., 56:, 56:] = torch.randn(1, 3, 8, 8)     # only the last patch differs
+    mask = prefix_causal_mask(torch.tensor([4]), 64)
+    fa, fb = (model.vision(x, layer=-1, mask=mask).features for x in (a, b))
+    assert torch.allclose(fa[:, :63], fb[:, :63], atol=1e-6) and not torch.allclose(fa[:, 63], fb[:, 63])
+
+
+def test_zero_shot_picks_the_planted_answer():
+    """A CLIP whose towers are rigged: the image embedding is the mean pixel colour and the text embedding spells
+    the colour named in the prompt. Zero-shot classification must then read the colour from the image."""
+    from mm1lab.stage0 import evaluate as E
+
+    class Rigged(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cfg = stage0_config("clip", "clip-tiny")
+            self.tok = load_tokenizer()
+
+        def encode_images(self, images):
+            return F.normalize(images.mean((2, 3)), dim=-1)
+
+        def encode_text(self, ids):
+            from mm1lab.data.shapeworld import COLORS
+            mean, std = torch.tensor(self.cfg.vision.image_mean), torch.tensor(self.cfg.vision.image_std)
+            rows = []
+            for row in ids.tolist():
+                text = self.tok.decode(row)
+                color = next(c for c in COLORS if text.startswith(c))
+                # a shape of this colour on black, as the normalised image mean would see it (mostly background)
+                rows.append(((torch.tensor(COLORS[color]) / 255 * 0.1 + 0.06 * 0.9) - mean) / std)
+            return F.normalize(torch.stack(rows), dim=-1)
+
+    result = E.zero_shot(Rigged(), load_tokenizer(), "color", n=24)
+    assert result["score"] > max(result["majority"], result["uniform"]) + 0.3
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer()
+
+
+def test_clip_export_matches_transformers(tmp_path, tok):
+    torch.manual_seed(0)
+    clip = CLIP(stage0_config("clip", "clip-tiny")).eval()
+    export_clip(clip, tmp_path / "clip")
+    hf = transformers.CLIPModel.from_pretrained(tmp_path / "clip").eval()
+    images, ids = torch.randn(3, 3, 64, 64), encode_captions(tok, ["a red circle", "two squares", "x"], clip.cfg.text)
+    with torch.no_grad():
+        ours, theirs = clip(images, ids).logits, hf(input_ids=ids, pixel_values=images).logits_per_image
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(load_clip(tmp_path / "clip")(images, ids).logits, ours, rtol=0, atol=0)
+        torch.testing.assert_close(load_hf_vision(tmp_path / "clip")(images).features, clip.vision(images).features)
+
+
+def test_aim_and_lm_exports_load_where_public_checkpoints_load(tmp_path, tok):
+    torch.manual_seed(0)
+    aim = AIM(stage0_config("aim", "aim-tiny")).eval()
+    export_aim(aim, tmp_path / "aim")
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        hf = transformers.SiglipVisionModel.from_pretrained(tmp_path / "aim").eval()
+        torch.testing.assert_close(hf(pixel_values=images).last_hidden_state, aim.vision(images).features)
+        torch.testing.assert_close(load_hf_vision(tmp_path / "aim")(images).features, aim.vision(images).features)
+    lm = MM1Model(MM1Config.preset("tiny")).lm.eval()
+    export_lm(lm, tok, tmp_path / "lm")
+    loaded = load_hf_lm(tmp_path / "lm")
+    assert loaded.token_ids == dict(pad_token_id=0, bos_token_id=1, eos_token_id=2, image_token_id=3)
+    assert loaded.cfg.vocab_size == lm.cfg.vocab_size            # mm1lab's special tokens were already there
+    ids = torch.randint(10, 900, (2, 9))
+    with torch.no_grad():
+        hf_lm = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "lm").eval()
+        torch.testing.assert_close(hf_lm(input_ids=ids).logits, lm(lm.embed(ids), torch.arange(9).expand(2, 9)).logits)
+
+
+def test_caption_text_is_recovered_from_a_caption_sample():
+    from mm1lab.data.streams import ShapeWorldStreams
+
+    sample = ShapeWorldStreams("easy", 64).dense(3)
+    caption = caption_of(sample)
+    assert caption.startswith("The image shows") and "<" not in caption
+
+
+SHIPPED = __import__("pathlib").Path(__file__).resolve().parents[1] / "stage0"
+
+
+@pytest.mark.parametrize("name", ["clip-tiny", "clip-tiny-128"])
+def test_shipped_clip_reproduces_its_recorded_zero_shot_scores(name, tok):
+    """The committed stage-0 folders load (through the same loaders as public checkpoints) and score what
+    `mm1lab stage0 ship` recorded on the same fixed held-out set."""
+    import json
+
+    from mm1lab.stage0 import evaluate as E
+    from mm1lab.stage0.ship import ZERO_SHOT_N
+
+    folder = SHIPPED / name
+    recorded = json.loads((folder / "mm1lab_stage0.json").read_text())["scores"]
+    clip = load_clip(folder)
+    for attr in ("color", "count", "text"):
+        again = E.zero_shot(clip, tok, attr, n=ZERO_SHOT_N)
+        assert again["score"] == pytest.approx(recorded["zero_shot"][attr]["score"], abs=1e-9), attr
+    assert load_hf_vision(folder).cfg == clip.vision.cfg
+
+
+def test_shipped_folders_build_an_mm1_model_and_stay_small():
+    from mm1lab.pretrained import build_mm1_from_parts
+    from mm1lab.stage0.ship import SHIPPED as NAMES
+
+    total = sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file())
+    assert total <= 20 * 2**20, f"stage0/ holds {total / 2**20:.1f} MiB; the budget is 20 MB"
+    for name in ("clip-tiny", "aim-tiny-128"):
+        model, tokenizer = build_mm1_from_parts(SHIPPED / name, SHIPPED / "lm-tiny", dict(kind="c-abstractor",
+                                                num_tokens=16, width=64, depth=1))
+        assert tokenizer.convert_tokens_to_ids("<image>") == model.cfg.image_token_id == 3
+    assert {p.name for p in SHIPPED.iterdir() if p.is_dir()} == set(NAMES)

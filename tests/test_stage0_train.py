@@ -1,0 +1,151 @@
+"""Stage-0 objectives through the one training loop: they learn, resume exactly, and ship through one command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mm1lab.train import TrainConfig, load_checkpoint, read_metrics, train
+
+SMALL_CLIP = dict(vision=dict(image_size=32, patch_size=8, width=32, depth=2, heads=2, act="gelu"),
+                  text=dict(width=32, depth=1, heads=2, max_len=64), embed_dim=32)
+
+
+def run(tmp_path, stage: str, **over) -> dict:
+    cfg = dict(stage=stage, name=stage, out_dir=str(tmp_path), steps=6, batch_size=16,
+               optim=dict(lr=2e-3, warmup_steps=1), data=dict(mixture={"dense": 1.0}),
+               checkpoint=dict(every=3, keep=2), track=dict(log_every=1, progress=False, tensorboard=False))
+    if stage == "clip":
+        cfg["model"] = SMALL_CLIP
+    if stage == "aim":
+        cfg["model"] = dict(vision=dict(image_size=32, patch_size=8, width=32, depth=2, heads=2, act="gelu",
+                                        cls_token=False, pre_norm=False, patch_bias=True), head_width=32)
+    return {**cfg, **over}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("stage", ["clip", "aim"])
+def test_stage0_objective_resumes_bit_exactly(tmp_path, stage, monkeypatch):
+    whole = train(run(tmp_path / "whole", stage))
+    cut = run(tmp_path / "cut", stage)
+    monkeypatch.setenv("MM1LAB_FAULT", "sigint@train:4")   # Ctrl-C during step 4: checkpoint, stop
+    assert train(cut).status == "interrupted"
+    monkeypatch.delenv("MM1LAB_FAULT")
+    resumed = train(cut)                                    # resumes from the step-4 checkpoint
+    assert resumed.step == whole.step == 6
+    a, b = (load_checkpoint(r.checkpoint, weights_only=True).weights for r in (whole, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    la, lb = ([r["loss"] for r in read_metrics(p)] for p in (tmp_path / "whole", tmp_path / "cut"))
+    assert la == lb
+    meta = json.loads((whole.checkpoint / "meta.json").read_text())
+    assert meta["objective"] == stage
+
+
+def test_clip_learns_to_match_captions(tmp_path):
+    result = train(run(tmp_path, "clip", steps=40, batch_size=32, optim=dict(lr=3e-3, warmup_steps=4),
+                       track=dict(log_every=10, progress=False, tensorboard=False)))
+    rows = read_metrics(tmp_path)
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.5
+    assert rows[-1]["batch_accuracy"] > 2 / 32                          # better than picking at random
+    assert set(rows[-1]["lr_parts"]) == {"vision.decay", "text.decay", "head.decay"}
+    assert result.model.logit_scale.requires_grad
+
+
+def test_freezing_a_stage0_part_keeps_it_fixed(tmp_path):
+    result = train(run(tmp_path, "clip", freeze=dict(text=True)))
+    before = load_checkpoint(tmp_path / "checkpoints" / "step_00000003", weights_only=True).weights
+    after = load_checkpoint(result.checkpoint, weights_only=True).weights
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("text."))
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("vision."))
+
+
+def test_stage_configs_validate_parts_per_objective():
+    with pytest.raises(ValueError, match="parts are vision, text, head"):
+        TrainConfig.from_dict(dict(stage="clip", freeze=dict(lm=True)))
+    with pytest.raises(ValueError, match="cannot go with init_from"):
+        TrainConfig.from_dict(dict(stage="pretrain", init_from="x", pretrained=dict(lm="y")))
+    assert TrainConfig.from_dict(dict(stage="text")).freeze == dict(vision=True, connector=True, lm=False)
+
+
+def test_vlm_pretraining_starts_from_stage0_parts(tmp_path):
+    """`pretrained: {vision, lm}` builds MM1 through build_mm1_from_parts: the encoder and LM are the exported
+    stage-0 weights, the connector is fresh, and the data tokenizer must be the LM's."""
+    from mm1lab.config import MM1Config
+    from mm1lab.data.tokenizer import load_tokenizer
+    from mm1lab.model import MM1Model
+    from mm1lab.stage0.clip import CLIP
+    from mm1lab.stage0.export import export_clip, export_lm
+    from mm1lab.stage0.presets import stage0_config
+    from mm1lab.train.trainer import Trainer
+
+    torch.manual_seed(1)
+    clip = CLIP(stage0_config("clip", "clip-tiny"))
+    lm = MM1Model(MM1Config.preset("tiny")).lm
+    export_clip(clip, tmp_path / "clip")
+    export_lm(lm, load_tokenizer(), tmp_path / "lm")
+    cfg = TrainConfig.from_dict(dict(stage="pretrain", out_dir=str(tmp_path / "run"), model="tiny", steps=2,
+                                     batch_size=2, pretrained=dict(vision=str(tmp_path / "clip"),
+                                                                    lm=str(tmp_path / "lm")),
+                                     data=dict(seq_len=128, pack=True),
+                                     track=dict(progress=False, tensorboard=False)))
+    trainer = Trainer(cfg)
+    model = trainer.model
+    assert all(torch.equal(model.vision.state_dict()[k], v) for k, v in clip.vision.state_dict().items())
+    assert all(torch.equal(model.lm.state_dict()[k], v) for k, v in lm.state_dict().items())
+    assert trainer.run().step == 2
+    resumed = load_checkpoint(tmp_path / "run", weights_only=True)
+    assert MM1Config.from_dict(resumed.model_config).vision == clip.cfg.vision
+
+
+def test_an_lm_with_another_tokenizer_is_refused(tmp_path):
+    import transformers
+
+    from mm1lab.config import MM1Config
+    from mm1lab.model import MM1Model
+    from mm1lab.stage0.export import export_lm
+    from mm1lab.train.trainer import Trainer
+
+    class Other:   # a tokenizer that is not mm1lab's (same interface, different vocabulary)
+        bos_id, eos_id, pad_id = 1, 2, 0
+
+        def save(self, path):
+            from tokenizers import Tokenizer, models
+            tok = Tokenizer(models.WordLevel({"<pad>": 0, "<bos>": 1, "<eos>": 2, "hello": 3}, unk_token="<pad>"))
+            path.write_text(tok.to_str())
+
+    export_lm(MM1Model(MM1Config.preset("tiny")).lm, Other(), tmp_path / "lm")
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "lm").get_vocab()["hello"] == 3
+    cfg = TrainConfig.from_dict(dict(stage="pretrain", out_dir=str(tmp_path / "run"), steps=1, batch_size=2,
+                                     pretrained=dict(lm=str(tmp_path / "lm")), track=dict(progress=False)))
+    with pytest.raises(ValueError, match="not mm1lab's ShapeWorld tokenizer"):
+        Trainer(cfg)
+
+
+@pytest.mark.slow
+def test_ship_regenerates_every_stage0_folder_in_smoke_mode(tmp_path):
+    import subprocess
+    import sys
+
+    from mm1lab.pretrained import build_mm1_from_parts
+    from mm1lab.stage0.ship import SHIPPED
+
+    done = subprocess.run([sys.executable, "-m", "mm1lab", "stage0", "ship", "--smoke", "--out", str(tmp_path / "s0"),
+                           "--runs", str(tmp_path / "runs")], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    for name, spec in SHIPPED.items():
+        info = json.loads((tmp_path / "s0" / name / "mm1lab_stage0.json").read_text())
+        assert info["smoke"] and info["steps"] == 2 and info["kind"] == spec.kind
+        assert info["scores"]
+    model, _ = build_mm1_from_parts(tmp_path / "s0" / "aim-tiny", tmp_path / "s0" / "lm-tiny",
+                                    dict(kind="avgpool", num_tokens=16))
+    assert model.cfg.vision.image_size == 64 and not model.cfg.vision.cls_token
+    assert "clip-tiny-128" in (tmp_path / "s0" / "README.md").read_text()
