@@ -68,15 +68,19 @@ def answer(model, tokenizer, sample: Mapping[str, Any], *, max_new_tokens: int =
 
 
 def report_table(report: Mapping[str, Any]) -> str:
-    """A markdown table of an evaluation report: task, shots, metric, score, baseline, n."""
-    lines = ["| task | shots | metric | score | baseline | n |", "| --- | ---: | --- | ---: | ---: | ---: |"]
+    """A markdown table of an evaluation report: task, shots, metric, score with its 95% interval, baseline, n,
+    and whether the whole interval lies above the baseline."""
+    lines = ["| task | shots | metric | score | 95% interval | baseline | above | n |",
+             "| --- | ---: | --- | ---: | --- | ---: | --- | ---: |"]
     for key, t in report["tasks"].items():
+        low, high = t.get("interval", (t["score"], t["score"]))
+        above = "yes" if t.get("above_baseline", low > t["baseline"]) else "no"
         lines.append(f"| {t.get('task', key)} | {t.get('shots', 0)} | {t['metric']} | {t['score']:.3f} | "
-                     f"{t['baseline']:.3f} | {t['n']} |")
+                     f"[{low:.3f}, {high:.3f}] | {t['baseline']:.3f} | {above} | {t['n']} |")
     return "\n".join(lines)
 
 
 def scores(report: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """{task@shots: {score, baseline, metric, n}} — the compact form `metrics.json` and summaries use."""
-    return {key: dict(score=t["score"], baseline=t["baseline"], metric=t["metric"], n=t["n"])
-            for key, t in report["tasks"].items()}
+    return {key: dict(score=t["score"], interval=t.get("interval"), baseline=t["baseline"], metric=t["metric"],
+                      n=t["n"], above_baseline=t.get("above_baseline")) for key, t in report["tasks"].items()}

@@ -20,11 +20,12 @@ Item = dict[str, Any]
 DEMO_POOL = 32   # extra items read from a real file to draw demonstrations from
 
 
-def shapeworld_items(task: str, shots: int, *, n: int, seed: int = 0, difficulty: str = "easy") -> list[Item]:
-    """ShapeWorld eval items (held-out seeds); see `mm1lab.data.evalsets.eval_set`."""
+def shapeworld_items(task: str, shots: int, *, n: int, seed: int = 0, difficulty: str = "easy",
+                     resolution: int = 64) -> list[Item]:
+    """ShapeWorld eval items (held-out seeds) rendered at `resolution`; see `mm1lab.data.evalsets.eval_set`."""
     from mm1lab.data.evalsets import eval_set
 
-    return eval_set(task, n=n, seed=seed, difficulty=difficulty, shots=shots)
+    return eval_set(task, n=n, seed=seed, difficulty=difficulty, shots=shots, resolution=resolution)
 
 
 def _first_existing(root: Path, candidates: Sequence[str], what: str) -> Path:

@@ -58,3 +58,18 @@ def write_report(report: dict[str, Any], out_dir: str | Path, *, stem: str | Non
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     plot_report(report).savefig(png_path, dpi=100)
     return json_path, png_path
+
+
+# MM1 averages captioning (CIDEr, reported x100) and VQA-style accuracies (x100) into one number per shot count.
+PAPER_SCALE = {"cider_d": 100.0}   # every other metric is a 0-1 share, also x100
+
+
+def paper_average(report: dict[str, Any], *, tasks: list[str] | None = None) -> dict[int, float]:
+    """{shots: the mean over `tasks` (default: every task but `text`) of the score on MM1's scale (x100)}, the
+    number MM1's ablation figures plot for its pre-trained models."""
+    by_shots: dict[int, list[float]] = {}
+    for entry in report["tasks"].values():
+        if (tasks is None and entry["task"] == "text") or (tasks is not None and entry["task"] not in tasks):
+            continue
+        by_shots.setdefault(entry["shots"], []).append(entry["score"] * PAPER_SCALE.get(entry["metric"], 100.0))
+    return {k: sum(v) / len(v) for k, v in sorted(by_shots.items())}

@@ -60,6 +60,28 @@ def score_predictions(task: str, predictions: Sequence[str], items: Sequence[Ite
     raise ValueError(f"no metric for task {task!r}; known tasks: {', '.join(TASK_METRICS)}")
 
 
+def item_scores(task: str, predictions: Sequence[str], items: Sequence[Item]) -> list[float]:
+    """Each item's share of the task's score: their mean is `score_predictions`' score. CIDEr-D keeps the corpus
+    IDF of all `items` (its per-image scores); every other metric scores one item at a time."""
+    if task == "caption":
+        per_image = cider_d(dict(enumerate(predictions)), {i: list(it["answers"]) for i, it in enumerate(items)})[1]
+        return [per_image[i] for i in range(len(items))]
+    return [score_predictions(task, [p], [it])[0] for p, it in zip(predictions, items)]
+
+
+def bootstrap_interval(scores: Sequence[float], *, level: float = 0.95, resamples: int = 2000,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `scores` (items resampled with replacement, seeded)."""
+    import torch
+
+    values = torch.tensor(list(scores), dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(len(values), (resamples, len(values)), generator=generator)
+    means = values[picks].mean(1)
+    tail = (1 - level) / 2
+    return float(means.quantile(tail)), float(means.quantile(1 - tail))
+
+
 def task_baseline(task: str, items: Sequence[Item]) -> dict[str, Any]:
     """The reference score beside a task's score: {kind, score, answer (the constant answer, or None), extra}.
 
