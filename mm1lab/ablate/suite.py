@@ -1,0 +1,136 @@
+"""Run a lesson: every arm x seed as a papermill run of `02_pretrain`, resumable, then scores, verdict and figure.
+
+A lesson's runs live in one folder, `<out>/ablate-<lesson>-<scale>/`, named by arm and seed:
+
+    runs/<arm>-seed<k>/        an ordinary run folder (executed notebook, metrics.json, status.json)
+    lesson.json                the lesson's scores per arm and seed, the verdict and its effects
+    lesson.md, lesson.png      the table and the figure `mm1lab ablate` and notebook 06 publish
+
+Running the lesson again skips every run whose status.json says "ok", so a killed suite continues where it
+stopped and nothing finished is redone. The stage-0 parts come from stage0/ and are shared by every arm; an encoder
+the lesson needs but stage0/ does not ship is trained once, into the lesson folder, before the first run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from mm1lab.ablate.lessons import LESSONS, ROOT, SCALES, STAGE0, lesson_arms
+from mm1lab.ablate.verdict import Scores, Verdict, interval, judge
+
+NOTEBOOK = ROOT / "notebooks" / "02_pretrain.ipynb"
+
+
+def run_folder(lesson_dir: Path, arm: str, seed: int) -> Path:
+    from mm1lab.runner import slug
+
+    return lesson_dir / "runs" / f"{slug(arm)}-seed{seed}"
+
+
+def finished(folder: Path) -> bool:
+    """A run that completed (status ok and its metrics written)."""
+    status = folder / "status.json"
+    return status.exists() and json.loads(status.read_text()).get("status") == "ok" and \
+        (folder / "metrics.json").exists()
+
+
+def ensure_parts(arms: dict[str, dict[str, Any]], lesson_dir: Path, *, smoke: bool, progress) -> None:
+    """Train (once) any stage-0 encoder an arm names that stage0/ does not hold, and point the arms at it."""
+    from mm1lab.stage0.presets import STAGE0_PRESETS
+    from mm1lab.stage0.table1 import encoder_folder
+
+    for params in arms.values():
+        path = Path(params.get("VISION_INIT") or "")
+        if path.parent == STAGE0 and not (path / "config.json").exists():
+            if path.name not in STAGE0_PRESETS:
+                raise FileNotFoundError(f"{path} is missing and is no stage-0 preset; run `mm1lab stage0 ship`")
+            progress(f"training stage-0 encoder {path.name} once for every arm that needs it")
+            params["VISION_INIT"] = str(encoder_folder(path.name, shipped=STAGE0, out=lesson_dir / "encoders",
+                                                       steps=600, batch_size=128, smoke=smoke))
+
+
+def run_lesson(lesson: str, *, scale: str = "cpu", seeds: int = 3, out: str | Path = "papermill_runs",
+               smoke: bool = False, parts: dict[str, str] | None = None, kernel: str | None = None,
+               progress=print) -> dict[str, Any]:
+    """Run (or finish) every arm x seed of `lesson` and return the lesson's result (also written to lesson.json)."""
+    from mm1lab.runner import DEFAULT_KERNEL, run_notebook
+
+    if lesson not in LESSONS:
+        raise ValueError(f"unknown lesson {lesson!r}; choose one of {', '.join(LESSONS)}")
+    if scale not in SCALES:
+        raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    lesson_dir = Path(out) / f"ablate-{lesson}-{scale}{'-smoke' if smoke else ''}"
+    arms = lesson_arms(lesson, scale, parts=parts)
+    ensure_parts(arms, lesson_dir, smoke=smoke, progress=progress)
+    start, done, total = time.perf_counter(), 0, len(arms) * seeds
+    for arm, params in arms.items():
+        for seed in range(seeds):
+            folder = run_folder(lesson_dir, arm, seed)
+            done += 1
+            if finished(folder):
+                progress(f"[{done}/{total}] {lesson}: {arm} seed {seed}: done before, kept")
+                continue
+            shutil.rmtree(folder, ignore_errors=True)   # a killed run's partial folder is redone from scratch
+            t0 = time.perf_counter()
+            result = run_notebook(NOTEBOOK, {**params, "SEED": seed}, out_root=lesson_dir, smoke=smoke,
+                                  folder=folder, kernel=kernel or DEFAULT_KERNEL,
+                                  extra_index=dict(lesson=lesson, arm=arm, seed=seed))
+            progress(f"[{done}/{total}] {lesson}: {arm} seed {seed}: {result.status} in "
+                     f"{time.perf_counter() - t0:.0f} s ({time.perf_counter() - start:.0f} s so far)")
+    return summarise(lesson, lesson_dir, arms, seeds)
+
+
+def collect(lesson_dir: Path, arms: dict[str, Any], seeds: int) -> tuple[Scores, list[str]]:
+    """Per arm and metric, one value per seed from the runs' metrics.json; and the runs that are missing."""
+    scores: Scores = {}
+    missing = []
+    for arm in arms:
+        scores[arm] = {}
+        for seed in range(seeds):
+            folder = run_folder(lesson_dir, arm, seed)
+            if not finished(folder):
+                missing.append(f"{arm} seed {seed}")
+                continue
+            m = json.loads((folder / "metrics.json").read_text())
+            values = dict(m.get("average", {}))
+            text = m.get("scores", {}).get("text@0shot")
+            if text is not None:
+                values["text"] = text["score"] * 100
+            for key, value in values.items():
+                scores[arm].setdefault(key, []).append(value)
+    return scores, missing
+
+
+def summarise(lesson: str, lesson_dir: Path, arms: dict[str, Any], seeds: int) -> dict[str, Any]:
+    """Scores, intervals, the verdict and the figure of a lesson's finished runs (lesson.json, .md, .png)."""
+    spec = LESSONS[lesson]
+    scores, missing = collect(lesson_dir, arms, seeds)
+    if missing:
+        verdict = Verdict("incomplete", [], f"runs missing or failed: {', '.join(missing)}")
+    else:
+        verdict = judge(spec.rule, scores)
+    table = {arm: {m: interval(v) for m, v in metrics.items()} for arm, metrics in scores.items() if metrics}
+    result = dict(lesson=lesson, claim=spec.claim, paper=spec.paper, seeds=seeds, arms=list(arms),
+                  scores=scores, intervals=table, verdict=verdict.verdict, reason=verdict.reason,
+                  effects=[dict(name=e.name, mean=e.mean, low=e.low, high=e.high, values=e.values)
+                           for e in verdict.effects],
+                  seconds=sum(_duration(run_folder(lesson_dir, a, s)) for a in arms for s in range(seeds)))
+    lesson_dir.mkdir(parents=True, exist_ok=True)
+    (lesson_dir / "lesson.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    from mm1lab.ablate.report import lesson_markdown, plot_lesson
+
+    (lesson_dir / "lesson.md").write_text(lesson_markdown(result))
+    if table:
+        plot_lesson(result).savefig(lesson_dir / "lesson.png", dpi=110, bbox_inches="tight")
+    return result
+
+
+def _duration(folder: Path) -> float:
+    status = folder / "status.json"
+    return json.loads(status.read_text()).get("duration_s", 0.0) if status.exists() else 0.0

@@ -1,0 +1,88 @@
+"""MM1's lessons: the verdict logic on planted results, resuming a partly finished lesson, every lesson in smoke mode."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from mm1lab.ablate.lessons import LESSONS, lesson_arms
+from mm1lab.ablate.verdict import Effect, interval, judge, t_quantile
+
+
+def planted(lesson: str, values: dict[str, dict[str, list[float]]]) -> dict:
+    """Every arm of `lesson` at a flat 50 on every metric, except what `values` sets."""
+    flat = {m: [50.0, 50.5, 49.5] for m in ("0shot", "4shot", "8shot", "text")}
+    return {arm: {**flat, **values.get(arm, {})} for arm in LESSONS[lesson].arms}
+
+
+def shift(delta: float, noise=(0.0, 0.3, -0.3)) -> dict[str, list[float]]:
+    return {m: [50.0 + delta + n for n in noise] for m in ("0shot", "4shot", "8shot", "text")}
+
+
+def test_interval_is_students_t():
+    m, low, high = interval([1.0, 2.0, 3.0])
+    assert m == 2.0 and high - m == pytest.approx(4.303 * 1.0 / math.sqrt(3), rel=1e-4)
+    assert interval([5.0])[1] == -math.inf and t_quantile(2) == 4.303
+    assert Effect("x", [1.0, 1.2, 0.9]).sign == 1 and Effect("x", [1.0, -1.0, 0.1]).sign == 0
+
+
+@pytest.mark.parametrize("lesson,values,expected", [
+    ("data-synthetic", {"dense-7": shift(3)}, "reproduced"),
+    ("data-synthetic", {"dense-7": shift(-3)}, "not reproduced"),
+    ("data-synthetic", {"dense-7": shift(0.1, (2.0, -2.0, 0.5))}, "inconclusive"),
+    ("encoder", {"clip-128": shift(5), "clip-small-64": shift(1), "aim-64": shift(-1)}, "reproduced"),
+    ("encoder", {"clip-128": shift(1), "clip-small-64": shift(5)}, "not reproduced"),
+    ("connector", {"tokens-64": shift(6), "res-128": shift(6), "avgpool": shift(0.2)}, "reproduced"),
+    ("connector", {"tokens-64": shift(0.1), "res-128": shift(6), "attnpool": shift(8)}, "not reproduced"),
+    ("data-captions", {"captions-100": {"0shot": [60, 61, 59], "4shot": [40, 41, 39], "8shot": [40, 40.5, 39.5]}},
+     "reproduced"),
+    ("data-captions", {"captions-100": {"0shot": [40, 41, 39]}}, "not reproduced"),
+    ("data-text", {"text-30": shift(4)}, "reproduced"),
+    ("data-mixture", {"5:5:1": {m: [55, 55.3, 54.7] for m in ("0shot", "4shot", "8shot")}}, "reproduced"),
+    ("data-mixture", {"1:10:1": shift(5)}, "not reproduced"),
+])
+def test_verdicts_on_planted_results(lesson, values, expected):
+    verdict = judge(LESSONS[lesson].rule, planted(lesson, values))
+    assert verdict.verdict == expected, (verdict.reason, [(e.name, e.mean, e.low, e.high) for e in verdict.effects])
+    assert verdict.effects and verdict.reason
+
+
+def test_every_lesson_has_arms_at_both_scales():
+    for name, lesson in LESSONS.items():
+        for scale in ("cpu", "gpu"):
+            arms = lesson_arms(name, scale)
+            assert set(arms) == set(lesson.arms) and all("STEPS" in p for p in arms.values())
+        assert lesson.claim and lesson.paper
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("notebooks")
+def test_a_killed_lesson_resumes_without_redoing_finished_runs(tmp_path):
+    from mm1lab.ablate.suite import run_folder, run_lesson
+
+    first = run_lesson("data-synthetic", seeds=2, out=tmp_path, smoke=True, progress=lambda s: None)
+    assert first["verdict"] in ("reproduced", "not reproduced", "inconclusive")
+    lesson_dir = tmp_path / "ablate-data-synthetic-cpu-smoke"
+    kept = run_folder(lesson_dir, "dense-0", 0)
+    stamp = (kept / "status.json").read_text()
+    broken = run_folder(lesson_dir, "dense-7", 1)
+    (broken / "status.json").unlink()                   # as if killed during this run
+    said = []
+    again = run_lesson("data-synthetic", seeds=2, out=tmp_path, smoke=True, progress=said.append)
+    assert (kept / "status.json").read_text() == stamp  # not redone
+    assert sum("kept" in s for s in said) == 3 and any("dense-7 seed 1: ok" in s for s in said)
+    assert again["scores"]["dense-7"]["0shot"] and (lesson_dir / "lesson.png").exists()
+    assert json.loads((lesson_dir / "lesson.json").read_text())["verdict"] == again["verdict"]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("notebooks")
+@pytest.mark.parametrize("lesson", [name for name in LESSONS if name != "data-synthetic"])
+def test_every_lesson_runs_in_smoke_mode(lesson, tmp_path):
+    from mm1lab.ablate.suite import run_lesson
+
+    result = run_lesson(lesson, seeds=1, out=tmp_path, smoke=True, progress=lambda s: None)
+    assert result["verdict"] != "incomplete", result["reason"]
+    assert set(result["scores"]) == set(LESSONS[lesson].arms)
