@@ -23,13 +23,15 @@ from mm1lab.train.checkpoint import save_checkpoint
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(cfg: dict, tmp_path: Path, fault: str | None = None) -> subprocess.CompletedProcess:
-    """`python -m mm1lab.train.cli` on `cfg` in a fresh process (one thread: identical arithmetic every run)."""
+def run_cli(cfg: dict, tmp_path: Path, fault: str | None = None, nproc: int = 1) -> subprocess.CompletedProcess:
+    """`python -m mm1lab.train.cli` on `cfg` in a fresh process (one thread: identical arithmetic every run), or
+    under torchrun with `nproc` gloo ranks."""
     path = tmp_path / f"{Path(cfg['out_dir']).name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MM1LAB_FAULT": fault or ""}
-    return subprocess.run([sys.executable, "-m", "mm1lab.train.cli", str(path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 1 else []
+    return subprocess.run([sys.executable, *launcher, "-m", "mm1lab.train.cli", str(path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120 * nproc)
 
 
 SAMPLES = ROOT / "data_samples"
@@ -48,18 +50,23 @@ def corpus_run(out_dir, **over) -> dict:
 RUNS = {"synthetic": tiny_run, "files": corpus_run}
 
 
-@pytest.mark.parametrize("source, workers", [("synthetic", 0), ("synthetic", 1), ("synthetic", 2), ("files", 2)])
-def test_sigkill_mid_training_then_resume_matches_uninterrupted_run(tmp_path, source, workers):
+RESUME_CASES = [("synthetic", 0, 1), ("synthetic", 1, 1), ("synthetic", 2, 1), ("files", 2, 1),
+                pytest.param("synthetic", 2, 2, marks=pytest.mark.slow, id="synthetic-2ranks-2workers")]
+
+
+@pytest.mark.parametrize("source, workers, nproc", RESUME_CASES)
+def test_sigkill_mid_training_then_resume_matches_uninterrupted_run(tmp_path, source, workers, nproc):
+    # nproc 2: torchrun, 2 gloo ranks x `workers` DataLoader workers each, every rank SIGKILLed after step 7
     make = lambda out: RUNS[source](out, steps=10, checkpoint=dict(every=3, keep=2),   # noqa: E731
-                                    data=dict(num_workers=workers))
-    whole = run_cli(make(tmp_path / "whole"), tmp_path)
-    assert whole.returncode == 0, whole.stderr
+                                    data=dict(num_workers=workers), **({"parallel": "ddp"} if nproc > 1 else {}))
+    whole = run_cli(make(tmp_path / "whole"), tmp_path, nproc=nproc)
+    assert whole.returncode == 0, whole.stderr[-4000:]
     killed_cfg = make(tmp_path / "killed")
-    killed = run_cli(killed_cfg, tmp_path, fault="kill@train:7")        # dies after step 7, last checkpoint: 6
-    assert killed.returncode == -signal.SIGKILL
+    killed = run_cli(killed_cfg, tmp_path, fault="kill@train:7", nproc=nproc)   # dies after step 7, last ckpt: 6
+    assert killed.returncode == (-signal.SIGKILL if nproc == 1 else 1)       # torchrun reports the dead ranks
     assert find_checkpoint(tmp_path / "killed").name == "step_00000006"
-    resumed = run_cli(killed_cfg, tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
+    resumed = run_cli(killed_cfg, tmp_path, nproc=nproc)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
     a, b = (load_checkpoint(tmp_path / name) for name in ("whole", "killed"))
     assert a.step == b.step == 10
     assert all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights)                  # bit-exact
