@@ -10,7 +10,8 @@ L - LM layers, H - heads, s - positions (keys), k - image tokens per image, p - 
 - `grad_input`: gradient x input on the LM's input embeddings at the image positions, summed over features.
 
 Each gives a score per image token; scores map onto patches through the connector's `regions`, as attention does in
-`mm1lab.probe`. Maps are the positive part, normalised to sum to 1 within each image, so methods compare by shape.
+`mm1lab.probe`. Maps use the scores' magnitude (gradient x input is signed), normalised to sum to 1 within each
+image, so the methods compare by where they point.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ METHODS = ("attention", "rollout", "grad_attention", "grad_input")
 @dataclass
 class Attribution:
     """One method's relevance for one prediction: scores (s,) over every position of the sample (signed for
-    grad_input), token_scores per image (k,), patch_maps per image (gh, gw) (positive part, sums to 1), images:
+    grad_input), token_scores per image (k,), patch_maps per image (gh, gw) (magnitudes, sum to 1), images:
     global image indices, and target / query_pos: the token explained and the position that predicts it."""
 
     method: str
@@ -96,7 +97,7 @@ def _through_connector(method, row: Tensor, out, input_ids, cfg, target, query) 
     tokens, maps = [], []
     for index, positions in spans:
         score = row[positions]
-        patch = score.clamp(min=0) @ out.connector.regions[index].float()
+        patch = score.abs() @ out.connector.regions[index].float()
         patch = patch / patch.sum().clamp(min=1e-12)
         tokens.append(score)
         maps.append(rearrange(patch, '(gh gw) -> gh gw', gh=gh, gw=gw))

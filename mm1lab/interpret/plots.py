@@ -15,9 +15,10 @@ from matplotlib.figure import Figure
 from mm1lab.plots import SCALES, NotebookFigure, _numpy, _percent, overlay, scale_label, to_display
 
 
-def _grid_text(ax, values: np.ndarray, labels=None, *, fmt: str = "{:.2f}", dark_above: float = 0.6) -> None:
-    """Write each cell's label (or value) in it, white on dark cells."""
-    top = max(float(np.abs(values).max()), 1e-12)
+def _grid_text(ax, values: np.ndarray, labels=None, *, fmt: str = "{:.2f}", top: float | None = None,
+               dark_above: float = 0.6) -> None:
+    """Write each cell's label (or value) in it, white on dark cells (above `dark_above` of the colour range `top`)."""
+    top = top or max(float(np.abs(values).max()), 1e-12)
     for (i, j), v in np.ndenumerate(values):
         text = labels[i][j] if labels is not None else fmt.format(v)
         ax.text(j, i, text, ha="center", va="center", fontsize=6.5,
@@ -33,7 +34,7 @@ def plot_logit_lens(probs, labels: Sequence[Sequence[str]], *, layers: Sequence[
     fig = NotebookFigure(figsize=(min(2.2 + 0.75 * n, 16), 1.3 + 0.36 * n_layers), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(p, cmap="Blues", vmin=0, vmax=1, aspect="auto")
-    _grid_text(ax, p, [[str(x)[:8] for x in row] for row in labels])
+    _grid_text(ax, p, [[str(x)[:8] for x in row] for row in labels], top=1.0)
     ax.set_xticks(range(n), list(columns), fontsize=7, rotation=45, ha="right")
     ax.set_yticks(range(n_layers), list(layers), fontsize=7)
     ax.set_title(title or "logit lens: top token per layer (colour: its probability)", fontsize=9)
@@ -44,7 +45,7 @@ def plot_logit_lens(probs, labels: Sequence[Sequence[str]], *, layers: Sequence[
 def plot_patching(effect, *, layers: Sequence[str], columns: Sequence[str], is_image=None,
                   title: str | None = None) -> Figure:
     """Patching effect per layer x position (or layer x head), diverging around 0 (2 axes). 1 means patching that
-    activation alone restores the clean answer; image-token columns are marked under the axis."""
+    activation alone restores the clean answer; image-token columns have purple labels."""
     e = _numpy(effect)
     n_layers, n = e.shape
     fig = NotebookFigure(figsize=(min(2.4 + 0.22 * n, 16), 1.4 + 0.34 * n_layers), layout="constrained")
@@ -52,16 +53,15 @@ def plot_patching(effect, *, layers: Sequence[str], columns: Sequence[str], is_i
     top = max(float(np.abs(e).max()), 1e-6)
     image = ax.imshow(e, cmap="RdBu_r", norm=TwoSlopeNorm(vcenter=0, vmin=-top, vmax=top), aspect="auto")
     if n_layers * n <= 120:
-        _grid_text(ax, e)
+        _grid_text(ax, e, top=top)
     step = max(1, n // 40)                                  # at most ~40 labels on the axis
-    ax.set_xticks(range(0, n, step), list(columns)[::step], fontsize=6.5, rotation=90)
+    shown = list(range(0, n, step))
+    ax.set_xticks(shown, [columns[j] for j in shown], fontsize=6.5, rotation=90)
     ax.set_yticks(range(n_layers), list(layers), fontsize=7)
     if is_image is not None:
-        marks = np.flatnonzero(_numpy(is_image) > 0)
-        ax.scatter(marks, np.full(len(marks), n_layers - 0.5 + 0.25), marker="s", s=10, color="0.35",
-                   clip_on=False, label="image token")
-        if len(marks):
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.02), frameon=False)
+        marked = _numpy(is_image) > 0
+        for tick, j in zip(ax.get_xticklabels(), shown):
+            tick.set_color("purple" if marked[j] else "black")
     ax.set_title(title or "activation patching: effect on the answer (1 = clean restored)", fontsize=9)
     fig.colorbar(image, ax=ax, label="normalised effect")
     return fig
@@ -138,7 +138,8 @@ def plot_head_maps(image, maps, *, labels: Sequence[str], scale: str = "share", 
 
 def plot_attributions(image, maps: Mapping[str, object], *, title: str | None = None) -> Figure:
     """Attribution maps of several methods side by side over one image, each normalised within the image
-    (sums to 1) and drawn to its own maximum: they compare by where they point, not by level."""
+    (sums to 1) and coloured from 0 to its own maximum, but at least twice the uniform share, so a flat map stays
+    faint: they compare by where they point, not by level."""
     img = to_display(image)
     names = list(maps)
     fig = NotebookFigure(figsize=(2.3 * (len(names) + 1), 2.9), layout="constrained")
@@ -149,10 +150,11 @@ def plot_attributions(image, maps: Mapping[str, object], *, title: str | None = 
     axes[0].set_yticks([])
     for ax, name in zip(axes[1:], names):
         heat = _numpy(maps[name])
-        overlay(ax, img, heat, vmax=float(heat.max()) if heat.size else 0.0)
+        overlay(ax, img, heat, vmax=max(float(heat.max()), 2 / max(heat.size, 1)))
         ax.set_title(name.replace("_", " x ") if name.startswith("grad") else name, fontsize=8)
     if title:
-        fig.suptitle(title + "\n(each map sums to 1 within the image, coloured to its own maximum)", fontsize=8)
+        fig.suptitle(title + "\n(each map sums to 1 within the image; colour from 0 to its maximum, at least twice "
+                             "the uniform share)", fontsize=8)
     return fig
 
 
