@@ -305,3 +305,36 @@ def test_loss_curves_read_the_trainers_nested_stream_losses():
     fig = plot_loss_curves(records)
     labels = sorted(line.get_label() for line in fig.axes[1].get_lines())
     assert labels == ["caption", "text"]
+
+
+@pytest.mark.parametrize("name", ["05_probe", "09_interpret"])
+def test_every_figure_a_probing_cell_builds_is_shown(name):
+    """A cell shows only its last expression, so a figure built earlier in the cell (05_probe's "Where does the
+    answer look?" once showed `PosixPath('.../metrics.json')` instead of its map) must be that expression, be
+    named in it, or go through `display(...)`."""
+    import ast
+    from pathlib import Path
+
+    import nbformat
+
+    nb = nbformat.read(Path(__file__).resolve().parents[1] / "notebooks" / f"{name}.ipynb", as_version=4)
+    called = lambda node: getattr(node.func, "attr", getattr(node.func, "id", ""))      # noqa: E731
+    hidden = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or "interactive" in cell.metadata.get("tags", []):
+            continue
+        body = ast.parse(cell.source).body
+        last = body[-1] if body and isinstance(body[-1], ast.Expr) else None
+        shown = {id(n) for n in ast.walk(last)} if last else set()
+        shown_names = {n.id for n in ast.walk(last) if isinstance(n, ast.Name)} if last else set()
+        for statement in body:
+            for node in ast.walk(statement):
+                if isinstance(node, ast.Call) and called(node) == "display":
+                    shown |= {id(n) for n in ast.walk(node)}
+                if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) \
+                        and called(node.value).startswith("plot_") \
+                        and {t.id for t in node.targets if isinstance(t, ast.Name)} & shown_names:
+                    shown.add(id(node.value))
+        hidden += [(i, called(node)) for node in ast.walk(ast.Module(body=body, type_ignores=[]))
+                   if isinstance(node, ast.Call) and called(node).startswith("plot_") and id(node) not in shown]
+    assert not hidden, f"{name}: figures built but never shown (cell, function): {hidden}"
