@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -98,3 +99,20 @@ def test_matmul_peak_is_gflops_per_second():
     peak = matmul_peak(torch.float32, sizes=(64, 128), repeats=1)
     assert set(peak) == {"gflops", "size"} and peak["size"] in (64, 128)
     assert math.isfinite(peak["gflops"]) and peak["gflops"] > 0
+
+
+@pytest.mark.slow
+def test_quick_pretrain_sections_end_to_end():
+    """`--only loader,scaling`: the trainer's data path per worker count, step time vs shape, the document mask."""
+    out = subprocess.run([sys.executable, "-m", "mm1lab.bench.cli", "--quick", "--json", "--only", "loader,scaling"],
+                         capture_output=True, text=True, timeout=300, check=False,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads(out.stdout)
+    demo = results["loader"]["demo"]
+    rates = [demo[f"{cache}_workers{w}"] for cache in ("cold", "warm") for w in (0, 1, 2)]
+    assert all(math.isfinite(r) and r > 0 for r in rates + [demo["train_samples_per_s"]])
+    scaling = results["scaling"]
+    assert all(r["step_s"] > 0 for r in [*scaling["seq_len"].values(), *scaling["images"].values()])
+    assert all(r["cost"] > 0 for r in scaling["document_mask"].values())
+    assert 1000 < scaling["attention_crossover_tokens"]["tiny"] < scaling["attention_crossover_tokens"]["mm1-3b"]

@@ -1,4 +1,5 @@
-"""`mm1lab bench [--json] [--quick] [--only train,decode,data,peer,machine]`.
+"""`mm1lab bench [--json] [--quick] [--only train,decode,data,peer,machine]`; `--only loader,scaling` runs the
+pre-training-at-scale sections (mm1lab.bench.pretrain), which the default run leaves out.
 
 Standalone: `python -m mm1lab.bench.cli`.
 """
@@ -9,7 +10,7 @@ import argparse
 import json
 import sys
 
-from mm1lab.bench.suite import SECTIONS
+from mm1lab.bench.suite import EXTRA_SECTIONS, SECTIONS
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -30,7 +31,9 @@ def add_bench_commands(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("bench", help="training/decoding/data speed vs transformers' LLaVA, with MFU")
     p.add_argument("--json", action="store_true", help="print every figure as JSON (`summary` holds the headline)")
     p.add_argument("--quick", action="store_true", help="smoke sizes: seconds, not minutes (figures are not final)")
-    p.add_argument("--only", default=None, help=f"comma-separated sections of {','.join(SECTIONS)} (default: all)")
+    p.add_argument("--only", default=None,
+                   help=f"comma-separated sections of {','.join(SECTIONS)} (default: all), or of "
+                        f"{','.join(EXTRA_SECTIONS)} (pre-training at scale: named only)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="also time both models under torch.compile (default: on for full runs, off with --quick)")

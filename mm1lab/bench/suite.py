@@ -18,6 +18,7 @@ from mm1lab.bench.peer import build_peer, matched_config, parameter_counts
 from mm1lab.config import MM1Config
 
 SECTIONS = ("machine", "train", "decode", "data", "peer")
+EXTRA_SECTIONS = ("loader", "scaling")   # pre-training at scale (mm1lab.bench.pretrain): only when named in `only`
 
 
 def mid_config() -> MM1Config:
@@ -55,9 +56,9 @@ def run_suite(quick: bool = False, only: tuple[str, ...] | None = None, *, compi
     from mm1lab.bench import decode, machine, pipeline, train_step
 
     only = tuple(only or SECTIONS)
-    unknown = sorted(set(only) - set(SECTIONS))
+    unknown = sorted(set(only) - set(SECTIONS) - set(EXTRA_SECTIONS))
     if unknown:
-        raise ValueError(f"unknown bench section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+        raise ValueError(f"unknown bench section(s) {unknown}; choose from {', '.join(SECTIONS + EXTRA_SECTIONS)}")
     say = log or (lambda msg: None)
     impls = ("ours", "peer") if "peer" in only else ("ours",)
     compile = (not quick) if compile is None else compile
@@ -121,6 +122,12 @@ def run_suite(quick: bool = False, only: tuple[str, ...] | None = None, *, compi
         say("data: pipeline samples/s")
         results["data"] = pipeline.pipeline_bench(cfgs["tiny"], batch_size=8 if quick else 16,
                                                   batches=3 if quick else 20)
+    if "loader" in only:
+        from mm1lab.bench.pretrain import loader_bench
+        results["loader"] = loader_bench(quick=quick, log=say)
+    if "scaling" in only:
+        from mm1lab.bench.pretrain import scaling_bench
+        results["scaling"] = scaling_bench(quick=quick, log=say)
     results["summary"] = summarize(results)
     return results
 
@@ -292,4 +299,5 @@ def format_report(results: dict[str, Any]) -> str:
                           for k, v in d.items() if k.startswith("samples_per_s"))
         lines += ["## Data pipeline (render + tokenize + collate, no cache)", "",
                   (rates or "-") + f" (batch {d['batch_size']}, {d['resolution']} px).", ""]
-    return "\n".join(lines)
+    from mm1lab.bench.pretrain import format_pretrain
+    return "\n".join(lines + format_pretrain(results))
