@@ -183,11 +183,16 @@ def _write_atomic(path: Path, text: str) -> None:
 # ---- fault injection (tests) ---------------------------------------------------------------------------
 def fault_point(where: str, step: int) -> None:
     """Test hook: MM1LAB_FAULT="kill@train:7" SIGKILLs this process at that point ("sigint@train:7" sends
-    Ctrl-C; "kill@checkpoint:5" dies after writing checkpoint 5's files but before renaming it into place)."""
+    Ctrl-C; "kill@checkpoint:5" dies after writing checkpoint 5's files but before renaming it into place;
+    "raise@train:2" raises a RuntimeError). A "/r" suffix ("raise@train:2/1") fires on torchrun rank r only."""
     spec = os.environ.get("MM1LAB_FAULT")
     if not spec:
         return
     for item in spec.split(","):
         action, _, point = item.partition("@")
-        if point == f"{where}:{step}":
-            os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGINT)
+        point, _, rank = point.partition("/")
+        if point != f"{where}:{step}" or (rank and int(rank) != int(os.environ.get("RANK", "0"))):
+            continue
+        if action == "raise":
+            raise RuntimeError(f"injected fault (MM1LAB_FAULT={spec!r}) at {where} step {step}")
+        os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGINT)

@@ -10,6 +10,8 @@ import argparse
 import os
 import sys
 
+from torch.distributed.elastic.multiprocessing.errors import record
+
 
 def _train(args: argparse.Namespace) -> int:
     from mm1lab.train.distributed import close_distributed
@@ -43,6 +45,7 @@ def add_train_commands(subparsers) -> None:
     add_arguments(p)
 
 
+@record   # under torchrun, an uncaught error goes to the rank's error file (mm1lab.train.launch reads it)
 def main(argv: list[str] | None = None) -> int:
     """Entry point for `python -m mm1lab.train.cli`."""
     parser = argparse.ArgumentParser(prog="mm1lab train", description="train an MM1 model from a YAML config")
