@@ -85,3 +85,32 @@ def test_cli_reports_config_errors(tmp_path, capsys):
     assert main([str(path)]) == 2
     assert "precision must be one of" in capsys.readouterr().err
     assert main([str(tmp_path / "missing.yaml")]) == 2
+
+
+CORPORA = sorted((ROOT / "configs").glob("pretrain-*-corpora-gpu.yaml"))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("pretrain-*-gpu.yaml")), ids=lambda p: p.name)
+def test_gpu_pretraining_recipes_are_fsdp_bf16_compiled_and_split_over_8_nodes(path):
+    cfg = TrainConfig.load(path)
+    assert (cfg.parallel, cfg.precision, cfg.compile, cfg.data.pack) == ("fsdp", "bf16", True, True)
+    micro, _ = cfg.accumulation(64)   # 8 nodes x 8 GPUs
+    assert cfg.data.num_workers > 0 and cfg.data.shards % (micro * 64 * cfg.data.num_workers) == 0 or \
+        cfg.data.source == "shapeworld" and cfg.data.shards % (micro * 8 * cfg.data.num_workers) == 0
+
+
+@pytest.mark.parametrize("path", CORPORA, ids=lambda p: p.name)
+def test_corpora_recipes_read_caption_tars_obelics_and_text_jsonl(path):
+    """The recipe's data section, pointed at the shipped real-format samples, gives batches of all three streams."""
+    from mm1lab.train.data import GlobalBatches, build_data
+
+    samples = ROOT / "data_samples"
+    files = {"dfn:caption": [str(samples / "captions")], "interleaved": [str(samples / "interleaved" / "docs.jsonl")],
+             "text": [str(samples / "text" / "train.jsonl")]}
+    cfg = TrainConfig.load(path, ["model=tiny", "data.seq_len=256", "data.shards=4", "data.shuffle_buffer=4"])
+    cfg.data.files = files
+    batches = GlobalBatches(*build_data(cfg, cfg.model_config()), micro=4, accum=4, num_shards=4)
+    step = batches.next_step()
+    streams = {s for b in step for row in b["stream"] for s in row.split("+")}   # packed rows: "caption+text"
+    assert {"caption", "interleaved"} <= streams <= {"caption", "interleaved", "text"}
+    assert all(b["images"] is not None and b["images"].shape[-1] == 64 for b in step)
