@@ -70,6 +70,7 @@ def _train_step(model, opt, batch: dict[str, Any], *, segments: bool = True) -> 
 
 
 def _best(step: Callable[[], None], repeats: int) -> float:
+    """The fastest of `repeats` calls after a warm-up call."""
     step()   # warm-up
     times = []
     for _ in range(repeats):
@@ -149,43 +150,48 @@ def row_batch(cfg: MM1Config, *, seq_len: int, images: int, documents: int = 1, 
 
 
 def scaling_bench(*, quick: bool = False, log=None) -> dict[str, Any]:
-    """Step time vs sequence length and images per row (tiny model), the document mask's cost, attention crossovers."""
+    """Step time vs sequence length and images per row (tiny model), the document mask's cost, attention crossovers.
+
+    Every shape is timed once per round, rounds interleaved, and the median taken, so a load that comes and goes
+    on a shared machine falls on every shape alike.
+    """
     from mm1lab import flops
     from mm1lab.model import MM1Model
 
     say = log or (lambda msg: None)
     lengths = (128, 256, 512) if quick else (256, 512, 1024, 2048, 4096)
     counts = (0, 2) if quick else (0, 1, 2, 4, 8, 16)
-    repeats = 1 if quick else 3
+    fixed, mask_lengths = (256, (256,)) if quick else (1024, (256, 1024))
     cfg = scaling_model(max(lengths))
     torch.manual_seed(0)
     model = MM1Model(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    out: dict[str, Any] = {"model": "tiny", "threads": torch.get_num_threads(), "seq_len": {}, "images": {}}
+    steps: dict[tuple, Callable[[], None]] = {}
     for n in lengths:
-        say(f"scaling: sequence length {n}")
-        batch = row_batch(cfg, seq_len=n, images=0)
-        s = _best(_train_step(model, opt, batch, segments=False), repeats)
-        out["seq_len"][n] = dict(step_s=s, us_per_token=1e6 * s / n, flops_per_token=flops.flops_per_token(cfg, n))
-    fixed = 256 if quick else 1024
+        steps["seq_len", n] = _train_step(model, opt, row_batch(cfg, seq_len=n, images=0), segments=False)
     for m in counts:
-        say(f"scaling: {m} images in a {fixed}-token row")
-        s = _best(_train_step(model, opt, row_batch(cfg, seq_len=fixed, images=m), segments=False), repeats)
-        out["images"][m] = dict(step_s=s)
-    out["images_seq_len"] = fixed
-    # Document mask: 4 rows of 8 packed documents each, masked vs attending across documents, rounds interleaved.
-    out["document_mask"] = {}
-    for n in ((256,) if quick else (256, 1024)):
-        say(f"scaling: document mask at {n} tokens")
+        steps["images", m] = _train_step(model, opt, row_batch(cfg, seq_len=fixed, images=m), segments=False)
+    for n in mask_lengths:   # 4 rows of 8 packed documents each: masked vs attending across documents
         batch = row_batch(cfg, seq_len=n, images=1, documents=8, rows=4)
-        steps = {"masked": _train_step(model, opt, batch), "unmasked": _train_step(model, opt, batch, segments=False)}
-        times: dict[str, list[float]] = {k: [] for k in steps}
-        for _ in range(1 if quick else 5):
-            for key, step in steps.items():
-                times[key].append(_best(step, 1))
-        med = {k: statistics.median(v) for k, v in times.items()}
-        out["document_mask"][n] = dict(masked_s=med["masked"], unmasked_s=med["unmasked"],
-                                       cost=med["masked"] / med["unmasked"])
+        steps["masked", n] = _train_step(model, opt, batch)
+        steps["unmasked", n] = _train_step(model, opt, batch, segments=False)
+    times: dict[tuple, list[float]] = {key: [] for key in steps}
+    rounds = 1 if quick else 5
+    for r in range(rounds + 1):   # round 0 warms up
+        say(f"scaling: round {r} of {rounds}")
+        for key, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if r:
+                times[key].append(time.perf_counter() - start)
+    med = {key: statistics.median(t) for key, t in times.items()}
+    out: dict[str, Any] = {"model": "tiny", "threads": torch.get_num_threads(), "rounds": rounds,
+                           "images_seq_len": fixed}
+    out["seq_len"] = {n: dict(step_s=med["seq_len", n], us_per_token=1e6 * med["seq_len", n] / n,
+                              flops_per_token=flops.flops_per_token(cfg, n)) for n in lengths}
+    out["images"] = {m: dict(step_s=med["images", m]) for m in counts}
+    out["document_mask"] = {n: dict(masked_s=med["masked", n], unmasked_s=med["unmasked", n],
+                                    cost=med["masked", n] / med["unmasked", n]) for n in mask_lengths}
     out["attention_crossover_tokens"] = {name: crossover(MM1Config.preset(name))
                                          for name in ("tiny", "ablation-base", "mm1-3b")}
     out["image_cost_in_tokens"] = {name: flops.flops_per_image(c) / flops.flops_per_token(c, 2048)
@@ -213,7 +219,8 @@ def format_pretrain(results: dict[str, Any]) -> list[str]:
         d = results["loader"]
         ws = d["workers"]
         lines += ["## Loader vs consumption (the trainer's data path, samples/s)", "",
-                  "| config | cache | " + " | ".join(f"{w} workers" for w in ws) + " | 1 -> 2 workers | consumption |",
+                  "| config | cache | " + " | ".join(f"{w} worker{'s' * (w != 1)}" for w in ws)
+                  + " | 1 -> 2 workers | consumption |",
                   "| --- | --- | " + " | ".join("---" for _ in ws) + " | --- | --- |"]
         for name in (n for n in LOADER_CONFIGS if n in d):
             r = d[name]
@@ -229,7 +236,8 @@ def format_pretrain(results: dict[str, Any]) -> list[str]:
         lines.append("")
     if "scaling" in results:
         s = results["scaling"]
-        lines += [f"## Step time vs shape ({s['model']} model, one row, forward + backward + AdamW)", "",
+        lines += [f"## Step time vs shape ({s['model']} model, one row, forward + backward + AdamW, median of "
+                  f"{s.get('rounds', 1)} interleaved rounds)", "",
                   "| tokens | step s | us/token | FLOPs/token |", "| --- | --- | --- | --- |"]
         lines += [f"| {n} | {_f(r['step_s'])} | {_f(r['us_per_token'])} | {_f(r['flops_per_token'])} |"
                   for n, r in s["seq_len"].items()]
