@@ -119,6 +119,32 @@ class Explorer:
         return self.widget._repr_mimebundle_(**kwargs)
 
 
+def wire(explorer: Explorer, controls: dict, options: dict) -> Explorer:
+    """Redraw on every control change; a new sample first refills its dependent controls (one redraw, not three)."""
+    busy = [False]
+
+    def on_sample(change) -> None:
+        busy[0] = True
+        try:
+            for name, fill in options.items():
+                if name in controls:
+                    controls[name].options = fill(change["new"])
+        finally:
+            busy[0] = False
+        explorer.redraw()
+
+    def on_other(change) -> None:
+        if not busy[0]:
+            explorer.redraw()
+
+    controls["sample"].observe(on_sample, names="value")
+    for name, control in controls.items():
+        if name != "sample":
+            control.observe(on_other, names="value")
+    explorer.redraw()
+    return explorer
+
+
 @torch.no_grad()
 def attention_explorer(model, samples: Sequence, *, decode: Callable | None = None, max_new_tokens: int = 8,
                        alpha: float = 0.8) -> Explorer:
@@ -206,25 +232,7 @@ def attention_explorer(model, samples: Sequence, *, decode: Callable | None = No
     box = w.VBox([w.HBox([controls["sample"], controls["token"], controls["image"]]),
                   w.HBox([controls["layer"], controls["head"]]), controls["scale"], output])
     explorer = Explorer(box, controls, output, draw, probes)
-    busy = [False]                          # while options are being replaced, skip the intermediate redraws
-
-    def on_sample(change) -> None:
-        busy[0] = True
-        try:
-            controls["token"].options = token_options(change["new"])
-            controls["image"].options = image_options(change["new"])
-        finally:
-            busy[0] = False
-        explorer.redraw()
-
-    def on_other(change) -> None:
-        if not busy[0]:
-            explorer.redraw()
-
-    controls["sample"].observe(on_sample, names="value")
-    for name in ("token", "layer", "head", "image", "scale"):
-        controls[name].observe(on_other, names="value")
-    explorer.redraw()
+    wire(explorer, controls, dict(token=token_options, image=image_options))
     return explorer
 
 

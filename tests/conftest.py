@@ -19,6 +19,15 @@ def tiny_config(connector: str = "avgpool", moe: dict | None = None, **lm) -> MM
     ))
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: steadier timings on the shared 2-core machine and bit-stable reductions."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -1,4 +1,5 @@
-"""MM1's lessons: the verdict logic on planted results, resuming a partly finished lesson, every arm a valid run."""
+"""MM1's lessons: the verdict logic on planted results, resuming a partly finished lesson, every lesson in
+smoke mode."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def test_every_lesson_has_arms_at_both_scales():
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("notebooks")
+@pytest.mark.xdist_group("ablate")
 def test_a_killed_lesson_resumes_without_redoing_finished_runs(tmp_path):
     from mm1lab.ablate.suite import run_folder, run_lesson
 
@@ -78,9 +79,8 @@ def test_a_killed_lesson_resumes_without_redoing_finished_runs(tmp_path):
     assert json.loads((lesson_dir / "lesson.json").read_text())["verdict"] == again["verdict"]
 
 
-# Running every lesson end to end in smoke mode costs ~25 papermill runs (about 10 minutes on 2 cores), too much
-# for the suite: the resume test above runs one lesson end to end, and this checks that every arm of every lesson
-# at both scales is a run notebook 02 accepts (declared parameter names, plain values, known parts and connectors).
+# Every arm of every lesson at both scales is a run notebook 02 accepts (declared parameter names, plain values,
+# known parts and connectors); the smoke runs below check the cpu arms also run.
 @pytest.mark.parametrize("scale", ["cpu", "gpu"])
 def test_every_arm_is_a_run_notebook_02_accepts(scale):
     from mm1lab.ablate.suite import NOTEBOOK
@@ -95,3 +95,14 @@ def test_every_arm_is_a_run_notebook_02_accepts(scale):
             init = params.get("VISION_INIT")
             if init and scale == "cpu":
                 assert Path(init).name in STAGE0_PRESETS, (name, arm, init)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ablate")
+@pytest.mark.parametrize("lesson", [name for name in LESSONS if name != "data-synthetic"])
+def test_every_lesson_runs_in_smoke_mode(lesson, tmp_path):
+    from mm1lab.ablate.suite import run_lesson
+
+    result = run_lesson(lesson, seeds=1, out=tmp_path, smoke=True, progress=lambda s: None)
+    assert result["verdict"] != "incomplete", result["reason"]
+    assert set(result["scores"]) == set(LESSONS[lesson].arms)

@@ -125,9 +125,7 @@ def test_a_resumed_shard_yields_what_the_uninterrupted_one_does(tmp_path, buffer
 
 
 def test_an_unreadable_stream_stops_an_endless_run_with_a_message(tmp_path):
-    from mm1lab.data.sample import DataError
-
-    from mm1lab.data.sample import Skips
+    from mm1lab.data.sample import DataError, Skips
 
     stream = text_stream([str(tmp_path / "gone-1.jsonl"), str(tmp_path / "gone-2.jsonl")])
     skips = Skips()

@@ -26,11 +26,8 @@ def run(tmp_path, stage: str, **over) -> dict:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test here runs on one intra-op thread (conftest's `one_thread`)."""
 
 
 @pytest.mark.parametrize("stage", ["clip", "aim"])

@@ -27,12 +27,8 @@ def tiny_run(out_dir, **over) -> dict:
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: steadier timings on the shared 2-core machine and bit-stable reductions."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test here runs on one intra-op thread (conftest's `one_thread`)."""
 
 
 def test_loss_goes_down_and_metrics_are_logged(tmp_path):

@@ -20,7 +20,7 @@ from mm1lab.interpret.hooks import run_with_cache
 from mm1lab.interpret.lens import layer_label, logit_lens
 from mm1lab.interpret.patching import POINTS, activation_patching
 from mm1lab.probe import attention_for_generation, image_spans
-from mm1lab.widgets import Explorer, _as_sample, _figure_output, note_output, token_label
+from mm1lab.widgets import Explorer, _as_sample, _figure_output, note_output, token_label, wire
 
 
 def _generated(model, samples, max_new_tokens: int) -> list:
@@ -53,32 +53,6 @@ def _controls(w, samples, probes, cfg, decode, *, with_token: bool = True) -> di
         controls["token"] = w.Dropdown(options=token_options(0), description="token")
     controls["image"] = w.Dropdown(options=image_options(0), description="image")
     return controls, dict(token=token_options, image=image_options)
-
-
-def _wire(explorer: Explorer, controls: dict, options: dict) -> Explorer:
-    """Redraw on every control change; a new sample first refills its dependent controls (one redraw, not three)."""
-    busy = [False]
-
-    def on_sample(change) -> None:
-        busy[0] = True
-        try:
-            for name, fill in options.items():
-                if name in controls:
-                    controls[name].options = fill(change["new"])
-        finally:
-            busy[0] = False
-        explorer.redraw()
-
-    def on_other(change) -> None:
-        if not busy[0]:
-            explorer.redraw()
-
-    controls["sample"].observe(on_sample, names="value")
-    for name, control in controls.items():
-        if name != "sample":
-            control.observe(on_other, names="value")
-    explorer.redraw()
-    return explorer
 
 
 @torch.no_grad()
@@ -129,7 +103,7 @@ def lens_explorer(model, samples: Sequence, *, decode: Callable | None = None, m
         return outs
 
     box = w.VBox([w.HBox([controls["sample"], controls["image"], controls["layer"]]), output])
-    return _wire(Explorer(box, controls, output, draw, lenses), controls, options)
+    return wire(Explorer(box, controls, output, draw, lenses), controls, options)
 
 
 @torch.no_grad()
@@ -184,7 +158,7 @@ def patching_explorer(model, pairs: Sequence[dict], *, decode: Callable | None =
         return outs
 
     box = w.VBox([w.HBox([controls["sample"], controls["layer"]]), controls["what"], output])
-    return _wire(Explorer(box, controls, output, draw, results), controls, {})
+    return wire(Explorer(box, controls, output, draw, results), controls, {})
 
 
 @torch.no_grad()
@@ -223,7 +197,7 @@ def head_explorer(model, samples: Sequence, *, decode: Callable | None = None, m
 
     box = w.VBox([w.HBox([controls["sample"], controls["token"], controls["image"]]),
                   w.HBox([controls["layer"], controls["scale"]]), output])
-    return _wire(Explorer(box, controls, output, draw, probes), controls, options)
+    return wire(Explorer(box, controls, output, draw, probes), controls, options)
 
 
 def attribution_explorer(model, samples: Sequence, *, decode: Callable | None = None,
@@ -258,4 +232,4 @@ def attribution_explorer(model, samples: Sequence, *, decode: Callable | None = 
                 _figure_output(fig, "attribution")]
 
     box = w.VBox([w.HBox([controls["sample"], controls["token"], controls["image"]]), output])
-    return _wire(Explorer(box, controls, output, draw, done), controls, options)
+    return wire(Explorer(box, controls, output, draw, done), controls, options)

@@ -110,6 +110,7 @@ def ship(names: list[str] | None = None, *, out: str | Path = ROOT / "stage0", r
         spec = SHIPPED[name]
         overrides = [*spec.overrides, f"out_dir={runs / name}", *(SMOKE_OVERRIDES if smoke else ())]
         progress(f"stage0 {name}: training ({CONFIGS / spec.config} {' '.join(overrides)})")
+        resumed_at = _checkpoint_step(runs / name)
         start = time.perf_counter()
         result = train(CONFIGS / spec.config, overrides=overrides)
         seconds = time.perf_counter() - start
@@ -119,6 +120,8 @@ def ship(names: list[str] | None = None, *, out: str | Path = ROOT / "stage0", r
         info = dict(name=name, kind=spec.kind, config=spec.config, overrides=list(spec.overrides),
                     steps=result.step, train_seconds=round(seconds, 1), final_loss=result.metrics.get("loss"),
                     smoke=smoke)
+        if resumed_at:     # an interrupted ship resumed: the time covers only the steps trained in this call
+            info["resumed_at_step"] = resumed_at
         folder = export(spec.kind, result.model, out / name, info)
         start = time.perf_counter()
         info["scores"] = score(spec.kind, folder, smoke=smoke)
@@ -129,6 +132,14 @@ def ship(names: list[str] | None = None, *, out: str | Path = ROOT / "stage0", r
     if not smoke or out != ROOT / "stage0":
         (out / "README.md").write_text(readme({**read_recorded(out), **recorded}))
     return recorded
+
+
+def _checkpoint_step(run: Path) -> int:
+    """The step of the run's newest complete checkpoint (0 when there is none: the run starts fresh)."""
+    from mm1lab.folders import find_checkpoint
+
+    found = find_checkpoint(run) if run.exists() else None
+    return int(found.name.rsplit("_", 1)[-1]) if found is not None and found.name.startswith("step_") else 0
 
 
 def export(kind: str, model, folder: Path, info: dict) -> Path:
@@ -160,9 +171,13 @@ def readme(recorded: dict[str, Any]) -> str:
     total = 0.0
     for name, info in recorded.items():
         total += info["train_seconds"] + info.get("score_seconds", 0)
-        lines.append(f"| `{name}` | {info['kind']} | {info['steps']} | {info['train_seconds']:.0f} | "
+        seconds = f"{info['train_seconds']:.0f}"
+        if info.get("resumed_at_step"):
+            seconds += f" (steps {info['resumed_at_step']}-{info['steps']} only: resumed)"
+        lines.append(f"| `{name}` | {info['kind']} | {info['steps']} | {seconds} | "
                      f"{_brief(info['scores'])} |")
-    lines += ["", f"Total, training and scoring: {total / 60:.1f} min on the machine that ran `ship`.", ""]
+    lines += ["", f"Total, training and scoring: {total / 60:.1f} min on the machine that ran `ship` (steps before a "
+              "resume not counted).", ""]
     return "\n".join(lines)
 
 
