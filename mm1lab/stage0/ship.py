@@ -44,9 +44,9 @@ SHIPPED: dict[str, Shipped] = {
     "lm-tiny": Shipped("lm", "stage0-lm-tiny.yaml"),
     "clip-tiny": Shipped("clip", "stage0-clip-tiny.yaml"),
     "aim-tiny": Shipped("aim", "stage0-aim-tiny.yaml"),
-    # At 128 px a step costs ~4x a 64-px step (4x the patches), and all five models must train in about an hour on
-    # 2 cores, so the 128-px encoders take 250 steps: about the 64-px encoders' compute, but under a third of their
-    # image-text pairs. Table 1 in notebook 08 and docs/stage0.md say so beside every 64-vs-128 comparison.
+    # At 128 px a step costs 2-4x a 64-px step (4x the patches), and all five models must train in about an hour
+    # and a half on 2 cores, so the 128-px encoders take 250 steps: less compute than the 64-px encoders' 800 and
+    # under a third of their image-text pairs. docs/stage0.md says so beside every 64-vs-128 comparison.
     "clip-tiny-128": Shipped("clip", "stage0-clip-tiny.yaml", ("model=clip-tiny-128", "steps=250")),
     "aim-tiny-128": Shipped("aim", "stage0-aim-tiny.yaml", ("model=aim-tiny-128", "steps=250")),
 }
