@@ -85,7 +85,7 @@ def run_pipeline(*, smoke: bool = False, out_root: str | Path = "papermill_runs"
         params = {**PLAN[name], **links}
         print(f"\n== {name} {'(SMOKE) ' if smoke else ''}{json.dumps(params, default=str)}", flush=True)
         result = run_notebook(NOTEBOOKS / f"{name}.ipynb", params, out_root=out_root, smoke=smoke,
-                              folder=folder / name, progress=False)
+                              folder=folder / name, live=name)
         runs[name] = dict(status=result.status, folder=str(result.folder), seconds=round(time.perf_counter() - t0))
         if not result.ok:
             summary.update(status="failed", failed=name, error=result.error, runs=runs)

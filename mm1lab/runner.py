@@ -14,6 +14,7 @@ plus one JSON line in `papermill_runs/index.jsonl`. Notebooks learn their folder
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import keyword
@@ -28,6 +29,7 @@ from typing import Any
 import yaml
 
 from mm1lab import yamlio
+from mm1lab.progress import LOG_NAME, RunWatch, clock, kernel_manager_class
 
 DEFAULT_KERNEL = "mm1lab"   # registered for the venv by `make setup` (ipykernel install --sys-prefix)
 INDEX_NAME = "index.jsonl"
@@ -190,6 +192,7 @@ def run_notebook(
     smoke: bool | None = None,
     folder: str | Path | None = None,
     progress: bool = False,
+    live: str | None = None,
     extra_index: dict | None = None,
 ) -> RunResult:
     """Execute `notebook` with papermill into a fresh run folder and record it in `out_root/index.jsonl`.
@@ -200,6 +203,8 @@ def run_notebook(
         smoke: if not None, sets the `SMOKE` parameter.
         folder: an exact run folder instead of `out_root/<timestamp>-<name>/` (sweeps use this).
         progress: show papermill's per-cell progress bar.
+        live: a label; if given, progress lines (training step/steps, loss, elapsed, ETA, or the running cell) go to
+            stderr while the run executes. They always go to the folder's `run.log`, with the notebook's output.
         extra_index: more fields for the index line (a sweep records which sweep a run belongs to).
     A failing cell does not raise: the result (and status.json, and the index) says "failed" and where.
     Ctrl-C is recorded as a failed run, then re-raised.
@@ -226,13 +231,16 @@ def run_notebook(
 
     started, t0 = dt.datetime.now(), time.perf_counter()
     status, error, failed_cell, trace, interrupted = "ok", None, None, None, False
+    watch = RunWatch(folder, label=live or name, notebook=executed, echo=bool(live))
     try:
         import papermill
 
-        papermill.execute_notebook(
-            str(notebook), str(executed), parameters={**parameters, "RUN_DIR": str(folder)}, kernel_name=kernel,
-            # Run where the notebook lives, as JupyterLab does, so its relative paths mean the same thing.
-            cwd=str(notebook.resolve().parent), progress_bar=progress, log_output=False)
+        with watch, _log_outputs(folder / LOG_NAME):
+            papermill.execute_notebook(
+                str(notebook), str(executed), parameters={**parameters, "RUN_DIR": str(folder)}, kernel_name=kernel,
+                # Run where the notebook lives, as JupyterLab does, so its relative paths mean the same thing.
+                cwd=str(notebook.resolve().parent), progress_bar=progress, log_output=True,
+                kernel_manager_class=kernel_manager_class(folder / LOG_NAME))
     except PapermillExecutionError as exc:
         # papermill has already saved the partial notebook (outputs up to and including the failing cell).
         status, failed_cell = "failed", _failing_cell(executed, exc.cell_index)
@@ -243,6 +251,7 @@ def run_notebook(
     except KeyboardInterrupt:   # record it, so the folder is not left without a status, then stop
         status, error, interrupted = "failed", "KeyboardInterrupt: stopped by the user", True
     duration = round(time.perf_counter() - t0, 3)
+    watch.write(f"{live or name}  {status} in {clock(duration)}")
 
     metrics = _read_metrics(folder)
     (folder / "status.json").write_text(json.dumps(dict(
@@ -261,6 +270,27 @@ def run_notebook(
         raise KeyboardInterrupt
     return RunResult(name=name, folder=folder, status=status, error=error, parameters=parameters,
                      metrics=metrics, failed_cell=failed_cell, notebook=executed if executed.exists() else None)
+
+
+@contextlib.contextmanager
+def _log_outputs(path: Path):
+    """papermill's stream of the notebook's outputs (log_output=True) into the run's log, not the terminal."""
+    import logging
+
+    logger = logging.getLogger("papermill")
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def _failing_cell(executed: Path, fallback: int) -> int:

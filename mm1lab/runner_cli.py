@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
+from pathlib import Path
 
 from mm1lab.runner import DEFAULT_KERNEL, load_parameters, run_notebook
 from mm1lab.sweep import load_grid, sweep
@@ -24,7 +24,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _run_command(args: argparse.Namespace) -> int:
     parameters = load_parameters(args.files, args.pairs, smoke=args.smoke)
     result = run_notebook(args.notebook, parameters, out_root=args.out, name=args.name, kernel=args.kernel,
-                          progress=sys.stderr.isatty())
+                          live=args.name or Path(args.notebook).stem)
     if result.ok:
         print(f"ok: {result.folder}")
         for key, value in result.metrics.items():

@@ -112,7 +112,7 @@ def sweep(notebook: str | Path, grid: dict[str, list], *, base_parameters: dict[
         say(f"sweep {name}: run {i + 1}/{len(combos)}: {label}")
         runs.append(run_notebook(
             notebook, {**base, **combo}, out_root=out_root, name=f"{name}/{label}", kernel=kernel,
-            folder=folder / "runs" / f"{i:0{width}d}-{slug(label)}",
+            folder=folder / "runs" / f"{i:0{width}d}-{slug(label)}", live=f"run {i + 1}/{len(combos)}",
             extra_index=dict(sweep=relative_to(folder, out_root))))
 
     rows = aggregate_runs([run.folder for run in runs])

@@ -80,6 +80,7 @@ def run_lesson(lesson: str, *, scale: str = "cpu", seeds: int = 3, out: str | Pa
             t0 = time.perf_counter()
             result = run_notebook(NOTEBOOK, {**params, "SEED": seed}, out_root=lesson_dir, smoke=smoke,
                                   folder=folder, kernel=kernel or DEFAULT_KERNEL,
+                                  live=f"{lesson} [{done}/{total}] {arm} seed {seed}",
                                   extra_index=dict(lesson=lesson, arm=arm, seed=seed))
             progress(f"[{done}/{total}] {lesson}: {arm} seed {seed}: {result.status} in "
                      f"{time.perf_counter() - t0:.0f} s ({time.perf_counter() - start:.0f} s so far)")
