@@ -13,10 +13,10 @@ from mm1lab.ablate.lessons import LESSONS, lesson_arms
 from mm1lab.ablate.verdict import Effect, interval, judge, t_quantile
 
 
-def planted(lesson: str, values: dict[str, dict[str, list[float]]]) -> dict:
-    """Every arm of `lesson` at a flat 50 on every metric, except what `values` sets."""
+def planted(lesson: str, values: dict[str, dict[str, list[float]]], scale: str = "gpu") -> dict:
+    """Every arm of `lesson` at `scale` at a flat 50 on every metric, except what `values` sets."""
     flat = {m: [50.0, 50.5, 49.5] for m in ("0shot", "4shot", "8shot", "text")}
-    return {arm: {**flat, **values.get(arm, {})} for arm in LESSONS[lesson].arms}
+    return {arm: {**flat, **values.get(arm, {})} for arm in lesson_arms(lesson, scale)}
 
 
 def shift(delta: float, noise=(0.0, 0.3, -0.3)) -> dict[str, list[float]]:
@@ -38,6 +38,7 @@ def test_interval_is_students_t():
     ("encoder", {"clip-128": shift(1), "clip-small-64": shift(5)}, "not reproduced"),
     ("connector", {"tokens-64": shift(6), "res-128": shift(6), "avgpool": shift(0.2)}, "reproduced"),
     ("connector", {"tokens-64": shift(0.1), "res-128": shift(6), "attnpool": shift(8)}, "not reproduced"),
+    ("connector-cpu", {"tokens-64": shift(6), "res-128": shift(6), "attnpool": shift(-0.3)}, "reproduced"),
     ("data-captions", {"captions-100": {"0shot": [60, 61, 59], "4shot": [40, 41, 39], "8shot": [40, 40.5, 39.5]}},
      "reproduced"),
     ("data-captions", {"captions-100": {"0shot": [40, 41, 39]}}, "not reproduced"),
@@ -46,7 +47,9 @@ def test_interval_is_students_t():
     ("data-mixture", {"1:10:1": shift(5)}, "not reproduced"),
 ])
 def test_verdicts_on_planted_results(lesson, values, expected):
-    verdict = judge(LESSONS[lesson].rule, planted(lesson, values))
+    scale = "cpu" if lesson.endswith("-cpu") else "gpu"   # the cpu scale has fewer connector arms
+    lesson = lesson.removesuffix("-cpu")
+    verdict = judge(LESSONS[lesson].rule, planted(lesson, values, scale))
     assert verdict.verdict == expected, (verdict.reason, [(e.name, e.mean, e.low, e.high) for e in verdict.effects])
     assert verdict.effects and verdict.reason
 
@@ -55,8 +58,10 @@ def test_every_lesson_has_arms_at_both_scales():
     for name, lesson in LESSONS.items():
         for scale in ("cpu", "gpu"):
             arms = lesson_arms(name, scale)
-            assert set(arms) == set(lesson.arms) and all("STEPS" in p for p in arms.values())
+            expected = set(lesson.arms) - (set(lesson.gpu_only) if scale == "cpu" else set())
+            assert set(arms) == expected and all("STEPS" in p for p in arms.values())
         assert lesson.claim and lesson.paper
+    assert "d-abstractor" not in lesson_arms("connector", "cpu") and "d-abstractor" in lesson_arms("connector", "gpu")
 
 
 @pytest.mark.slow

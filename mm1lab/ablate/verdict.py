@@ -113,7 +113,7 @@ def largest_first(s: Scores) -> Verdict:
 
 def tokens_and_resolution_over_type(s: Scores) -> Verdict:
     """Connector: the token-count and resolution effects each exceed the spread between connector types."""
-    types = ["avgpool", "attnpool", "c-abstractor", "d-abstractor"]
+    types = [t for t in ("avgpool", "attnpool", "c-abstractor", "d-abstractor") if t in s]   # d-: gpu scale only
     n = len(s["c-abstractor"]["all"])
     spread = Effect("type spread (best - worst type)",
                     [max(s[t]["all"][i] for t in types) - min(s[t]["all"][i] for t in types) for i in range(n)])
