@@ -2,13 +2,15 @@
 
 Only rank 0 tracks. Every record is one JSON line {"step": ..., "loss": ..., ...}, appended and flushed at once,
 so a killed run keeps every line it logged; on resume, lines past the resumed step are dropped first, so the
-file reads as one uninterrupted run.
+file reads as one uninterrupted run. A resumed run logs to the same W&B run: its id is kept in `wandb/run_id`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import secrets
 import warnings
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,7 @@ class Tracker:
             else:
                 self.wandb = wandb.init(project=t.wandb_project, name=cfg.name, mode=t.wandb_mode,
                                         dir=str(self.run_dir), config=cfg.to_dict(), resume="allow",
-                                        id=f"{cfg.name}-{abs(hash(str(self.run_dir))) % 10**8}")
+                                        id=wandb_run_id(self.run_dir, cfg.name, resuming=start_step > 0))
         if t.progress:
             from tqdm.auto import tqdm
             # mininterval keeps papermill logs short: one line every few seconds, not one per step
@@ -101,6 +103,23 @@ class Tracker:
             self.wandb.finish()
         if self.bar is not None:
             self.bar.close()
+
+
+def wandb_run_id(run_dir: str | Path, name: str, *, resuming: bool) -> str:
+    """The W&B run id of `run_dir`, kept in `run_dir/wandb/run_id`.
+
+    A resumed run (usually a new process) reads it back and so logs to the same W&B run; a run that starts at
+    step 0 gets a fresh one, as its metrics.jsonl starts afresh. The id is random rather than derived from the
+    path: Python salts `hash()` per process, and equal paths on two machines must not merge their runs online.
+    """
+    path = Path(run_dir) / "wandb" / "run_id"
+    if resuming and path.exists():
+        return path.read_text().strip()
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:48] or "run"   # W&B ids refuse :;,#?/'
+    run_id = f"{stem}-{secrets.token_hex(4)}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return run_id
 
 
 def flatten(record: dict[str, Any], *, sep: str = "/", prefix: str = "") -> dict[str, Any]:
