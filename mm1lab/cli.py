@@ -42,12 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     from mm1lab.bench.cli import add_bench_commands
     from mm1lab.data.cli import add_data_commands
     from mm1lab.eval.cli import add_eval_commands
+    from mm1lab.export_cli import add_export_commands
     from mm1lab.runner_cli import add_runner_commands
     from mm1lab.stage0.cli import add_stage0_commands
     from mm1lab.train.cli import add_train_commands
 
     for add in (add_data_commands, add_train_commands, add_stage0_commands, add_eval_commands, add_runner_commands,
-                add_ablate_commands, add_bench_commands):
+                add_ablate_commands, add_bench_commands, add_export_commands):
         add(sub)
     return parser
 

@@ -10,6 +10,7 @@ Sources:
 - HF CLIP / SigLIP vision towers: transformers `modeling_clip.py`, `modeling_siglip.py`.
 - timm CLIP ViT: timm `vision_transformer.py` (`vit_*_clip_*`: pre_norm=True, fused qkv, no patch bias).
 - OpenCLIP ViT: open_clip `transformer.py` (`VisionTransformer`, `nn.MultiheadAttention` in_proj).
+- HF Llava projector: transformers `modeling_llava.py` (`LlavaMultiModalProjector`), our `mlp` connector.
 """
 
 from __future__ import annotations
@@ -236,4 +237,16 @@ OPEN_CLIP_VIT = KeyMap(
              "text_projection", "logit_scale", "logit_bias", "attn_mask"),
 )
 
-KEYMAPS = {m.name: m for m in (HF_LLAMA, HF_CLIP_VISION, HF_SIGLIP_VISION, TIMM_CLIP_VIT, OPEN_CLIP_VIT)}
+# LLaVA-1.5's projector (Linear -> GELU -> Linear on every patch) is our `mlp` connector, weight for weight.
+HF_LLAVA_PROJECTOR = KeyMap(
+    name="hf_llava_projector",
+    keys={
+        "mlp.fc1.weight": "multi_modal_projector.linear_1.weight",
+        "mlp.fc1.bias": "multi_modal_projector.linear_1.bias",
+        "mlp.fc2.weight": "multi_modal_projector.linear_2.weight",
+        "mlp.fc2.bias": "multi_modal_projector.linear_2.bias",
+    },
+)
+
+KEYMAPS = {m.name: m for m in (HF_LLAMA, HF_CLIP_VISION, HF_SIGLIP_VISION, TIMM_CLIP_VIT, OPEN_CLIP_VIT,
+                               HF_LLAVA_PROJECTOR)}
