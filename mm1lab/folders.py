@@ -19,6 +19,9 @@ CHECKPOINTS = "checkpoints"
 RUN_SUBFOLDER = "train"
 WEIGHTS = "model.safetensors"
 COMPLETE_MARKER = "meta.json"   # a step_* folder without it is not a complete checkpoint
+# A LoRA checkpoint's adapters, beside the base weights (`mm1lab.lora`); peft's own file names
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
 
 
 def checkpoint_name(step: int) -> str:

@@ -3,7 +3,8 @@
 `path` may be any of the folders mm1lab writes:
 - an exported folder (`MM1Model.save_pretrained`: config.json with `"model_type": "mm1lab"`, model.safetensors,
   tokenizer files);
-- a training checkpoint (`checkpoints/step_*/`: model.safetensors, model_config.json, meta.json);
+- a training checkpoint (`checkpoints/step_*/`: model.safetensors, model_config.json, meta.json); a LoRA run's
+  (with adapter_model.safetensors beside) comes back with its adapters merged, a plain MM1Model;
 - a training run (`mm1lab train`'s out_dir, or its checkpoints/ folder: the newest complete checkpoint);
 - a notebook run folder (`mm1lab run`'s RUN_DIR, whose training run is RUN_DIR/train).
 
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 from mm1lab.config import MM1Config
-from mm1lab.folders import RUN_SUBFOLDER, WEIGHTS, find_checkpoint
+from mm1lab.folders import ADAPTER_WEIGHTS, RUN_SUBFOLDER, WEIGHTS, find_checkpoint
 from mm1lab.model import MODEL_TYPE, MM1Model
 from mm1lab.safetensors_io import CheckpointError, load_state_dict, read_json
 
@@ -96,6 +97,10 @@ def _from_training_checkpoint(folder: Path, dtype: torch.dtype | None) -> MM1Mod
     if missing or unexpected:
         raise CheckpointError(f"{folder / WEIGHTS} does not match {config.name}: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
+    if (folder / ADAPTER_WEIGHTS).exists():   # a LoRA run: base weights + adapters, merged (mm1lab.lora)
+        from mm1lab.lora import load_adapters, merge_lora
+
+        model = merge_lora(load_adapters(model, folder))
     return model if dtype is None else model.to(dtype)
 
 

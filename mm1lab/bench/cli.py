@@ -1,5 +1,6 @@
 """`mm1lab bench [--json] [--quick] [--only train,decode,data,peer,machine]`; `--only loader,scaling` runs the
-pre-training-at-scale sections (mm1lab.bench.pretrain), which the default run leaves out.
+pre-training-at-scale sections (mm1lab.bench.pretrain) and `--only lora` LoRA against full SFT (mm1lab.bench.lora),
+which the default run leaves out.
 
 Standalone: `python -m mm1lab.bench.cli`.
 """

@@ -23,9 +23,13 @@ def make_batch(cfg: MM1Config, *, batch: int, text_tokens: int, seed: int = 0) -
     return {"input_ids": ids, "labels": labels, "images": images}
 
 
+# Our model with LoRA (mm1lab.lora; `mm1lab bench --only lora`): impl -> the LoRAConfig fields it applies
+LORA_IMPLS = {"ours_lora": dict(r=8), "ours_qlora": dict(r=8, quantize="nf4")}
+
+
 def build(impl: str, cfg: MM1Config, *, seed: int = 0) -> torch.nn.Module:
-    """Our model ('ours'), the peer ('peer'), or either under `torch.compile` ('ours_compiled', 'peer_compiled';
-    compilation happens on the first step) at `cfg`, in training mode."""
+    """Our model ('ours'), the peer ('peer'), either under `torch.compile` ('ours_compiled', 'peer_compiled';
+    compilation happens on the first step), or ours with LoRA adapters (`LORA_IMPLS`) at `cfg`, in training mode."""
     if impl in ("peer", "peer_compiled"):
         from mm1lab.bench.peer import build_peer
         model = build_peer(cfg, seed=seed).train()
@@ -37,6 +41,9 @@ def build(impl: str, cfg: MM1Config, *, seed: int = 0) -> torch.nn.Module:
     model = MM1Model(cfg).train()
     if impl == "ours_compiled":
         model.compile()
+    if impl in LORA_IMPLS:
+        from mm1lab.lora import LoRAConfig, apply_lora
+        apply_lora(model, LoRAConfig(**LORA_IMPLS[impl]))
     return model
 
 

@@ -18,7 +18,8 @@ from mm1lab.bench.peer import build_peer, matched_config, parameter_counts
 from mm1lab.config import MM1Config
 
 SECTIONS = ("machine", "train", "decode", "data", "peer")
-EXTRA_SECTIONS = ("loader", "scaling")   # pre-training at scale (mm1lab.bench.pretrain): only when named in `only`
+EXTRA_SECTIONS = ("loader", "scaling", "lora")   # pre-training at scale (mm1lab.bench.pretrain), LoRA vs full SFT
+                                                # (mm1lab.bench.lora): only when named in `only`
 
 
 def mid_config() -> MM1Config:
@@ -128,6 +129,10 @@ def run_suite(quick: bool = False, only: tuple[str, ...] | None = None, *, compi
     if "scaling" in only:
         from mm1lab.bench.pretrain import scaling_bench
         results["scaling"] = scaling_bench(quick=quick, log=say)
+    if "lora" in only:
+        from mm1lab.bench.lora import lora_bench
+        lora_cfgs = {"demo": MM1Config.preset("tiny"), **({} if quick else {"mid": mid_config()})}
+        results["lora"] = lora_bench(lora_cfgs, quick=quick, log=say)
     results["summary"] = summarize(results)
     return results
 
@@ -299,5 +304,6 @@ def format_report(results: dict[str, Any]) -> str:
                           for k, v in d.items() if k.startswith("samples_per_s"))
         lines += ["## Data pipeline (render + tokenize + collate, no cache)", "",
                   (rates or "-") + f" (batch {d['batch_size']}, {d['resolution']} px).", ""]
+    from mm1lab.bench.lora import format_lora
     from mm1lab.bench.pretrain import format_pretrain
-    return "\n".join(lines + format_pretrain(results))
+    return "\n".join(lines + format_pretrain(results) + format_lora(results))

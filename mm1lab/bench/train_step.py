@@ -16,16 +16,18 @@ from typing import Any
 
 import torch
 
-from mm1lab.bench.common import build, generate_greedy, make_batch
+from mm1lab.bench.common import LORA_IMPLS, build, generate_greedy, make_batch
 from mm1lab.bench.machine import matmul_peak
 from mm1lab.config import MM1Config
 from mm1lab.flops import batch_flops
 
 
 def make_optimizer(model: torch.nn.Module, kind: str = "fused") -> torch.optim.Optimizer:
-    """AdamW (lr 1e-4, wd 0.1) in one of torch's implementations: 'fused', 'foreach' or 'loop'."""
+    """AdamW (lr 1e-4, wd 0.1) over the trainable parameters, in one of torch's implementations: 'fused',
+    'foreach' or 'loop'."""
     impl = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[kind]
-    return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, **impl)
+    params = [p for p in model.parameters() if p.requires_grad]   # LoRA: the adapters (4-bit weights cannot fuse)
+    return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.1, **impl)
 
 
 def autocast(precision: str):
@@ -189,6 +191,11 @@ def peak_memory_child(impl: str, cfg_json: str, batch: int, text_tokens: int, pr
     `steps` steps (task "train") or generate `steps` tokens greedily (task "decode"); return the peak RSS (VmHWM)
     and its growth over the RSS before the model was built, in MiB."""
     import transformers  # noqa: F401  (both impls pay the same import, so it cancels out of the baseline)
+
+    if impl in LORA_IMPLS:   # peft (and bitsandbytes) imported before the baseline too
+        import peft  # noqa: F401
+        if LORA_IMPLS[impl].get("quantize"):
+            import bitsandbytes  # noqa: F401
 
     cfg = MM1Config.from_json(cfg_json)
     data = make_batch(cfg, batch=batch, text_tokens=text_tokens)

@@ -10,6 +10,9 @@ Layout of `<run_dir>/checkpoints/`:
         optimizer.pt        AdamW state (torch.save; read back with torch.load(weights_only=True))
         state.pt            step, scheduler, data-sampler state, every RNG, fault counters
         meta.json           step, wall time and the last logged metrics
+        adapter_model.safetensors, adapter_config.json
+                            LoRA runs only (mm1lab.lora): the adapters, in peft's format; model.safetensors then
+                            holds the base weights, and `mm1lab.load_model` merges the two
     latest                  name of the newest complete checkpoint
 
 A checkpoint is written into a temporary directory, every file fsynced, then renamed into place; `latest` is
@@ -33,6 +36,8 @@ import torch
 
 from mm1lab.config import plain
 from mm1lab.folders import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
     COMPLETE_MARKER,
     LATEST,
     STEP_PREFIX,
@@ -70,7 +75,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ---- whole checkpoints ---------------------------------------------------------------------------------
 @dataclass
 class Checkpoint:
-    """What `load_checkpoint` returns; `optimizer` and `state` are None for weights-only loads."""
+    """What `load_checkpoint` returns; `optimizer` and `state` are None for weights-only loads. `adapters` holds a
+    LoRA run's adapter weights (peft's file format) and is None for any other run."""
 
     path: Path
     step: int
@@ -78,12 +84,15 @@ class Checkpoint:
     model_config: dict[str, Any]
     optimizer: dict[str, Any] | None = None
     state: dict[str, Any] | None = None
+    adapters: dict[str, torch.Tensor] | None = None
 
 
 def save_checkpoint(root: str | Path, step: int, *, weights: dict[str, torch.Tensor], model_config_json: str,
                     train_config_yaml: str, optimizer: dict[str, Any], state: dict[str, Any],
-                    meta: dict[str, Any] | None = None, keep: int = 3) -> Path:
-    """Write checkpoint `step` under `root` atomically, point `latest` at it, drop all but the newest `keep`."""
+                    meta: dict[str, Any] | None = None, keep: int = 3, adapters: dict[str, torch.Tensor] | None = None,
+                    adapter_config: str | None = None) -> Path:
+    """Write checkpoint `step` under `root` atomically, point `latest` at it, drop all but the newest `keep`.
+    A LoRA run passes its `adapters` and peft's `adapter_config` (JSON text) as well (mm1lab.lora.split_state)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
@@ -96,6 +105,9 @@ def save_checkpoint(root: str | Path, step: int, *, weights: dict[str, torch.Ten
         (tmp / "train_config.yaml").write_text(train_config_yaml)
         torch.save(optimizer, tmp / "optimizer.pt")
         torch.save(state, tmp / "state.pt")
+        if adapters is not None:
+            save_state_dict(adapters, tmp / ADAPTER_WEIGHTS, metadata={"step": str(step)})
+            (tmp / ADAPTER_CONFIG).write_text(adapter_config)   # without it the adapters cannot be placed
         (tmp / COMPLETE_MARKER).write_text(json.dumps(dict(step=step, **(meta or {})), indent=2))
         for f in tmp.iterdir():
             _fsync(f)
@@ -125,6 +137,8 @@ def load_checkpoint(path: str | Path, *, weights_only: bool = False) -> Checkpoi
     meta = read_json(found / COMPLETE_MARKER) if (found / COMPLETE_MARKER).exists() else {}
     ckpt = Checkpoint(path=found, step=int(meta.get("step", 0)), weights=load_state_dict(found / WEIGHTS),
                       model_config=read_json(found / "model_config.json"))
+    if (found / ADAPTER_WEIGHTS).exists():
+        ckpt.adapters = load_state_dict(found / ADAPTER_WEIGHTS)
     if not weights_only:
         ckpt.optimizer, ckpt.state = _torch_load(found / "optimizer.pt"), _torch_load(found / "state.pt")
     return ckpt

@@ -17,6 +17,7 @@ import yaml
 
 from mm1lab import yamlio
 from mm1lab.config import PARTS, ConfigError, MM1Config, build, plain
+from mm1lab.lora import LoRAConfig
 
 PRECISIONS = ("fp32", "bf16")
 PARALLEL = ("auto", "none", "ddp", "fsdp")
@@ -181,10 +182,11 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)   # r > 0: only LoRA adapters train (mm1lab/lora.py)
 
     def __post_init__(self) -> None:
         for attr, cls in (("optim", OptimConfig), ("data", DataConfig), ("checkpoint", CheckpointConfig),
-                          ("track", TrackConfig)):
+                          ("track", TrackConfig), ("lora", LoRAConfig)):
             if isinstance(getattr(self, attr), dict):
                 setattr(self, attr, build(cls, getattr(self, attr), f"TrainConfig.{attr}"))
         _check(self.stage in STAGES, f"TrainConfig.stage must be one of {', '.join(STAGES)}, got {self.stage!r}")
@@ -208,6 +210,12 @@ class TrainConfig:
         _check(self.parallel in PARALLEL, f"TrainConfig.parallel must be one of {PARALLEL}, got {self.parallel!r}")
         _check(not all(self.freeze.values()), "TrainConfig.freeze: every part is frozen, nothing would train")
         _check(self.max_bad_steps > 0, "TrainConfig.max_bad_steps must be positive")
+        if self.lora.enabled:
+            _check(self.objective == "vlm", f"TrainConfig.lora adapts an MM1 model; objective {self.objective!r} "
+                                            "trains in full (set lora.r to 0)")
+            frozen = sorted(p for p in (*self.lora.parts, *self.lora.full) if self.freeze[p])
+            _check(not frozen, f"TrainConfig.freeze: {frozen} frozen, but lora.parts / lora.full train them; with "
+                               "LoRA only those parts learn, so drop them from lora instead (or unfreeze them)")
         if self.init_from is None:
             self.model_config()   # fail now, not after the data is built
 

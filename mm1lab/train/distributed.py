@@ -111,15 +111,17 @@ def gather_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[di
     return get_model_state_dict(inner, options=_FULL), get_optimizer_state_dict(inner, optimizer, options=_FULL)
 
 
-def load_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, weights: dict,
+def load_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, weights: dict | None,
                optim_state: dict | None) -> None:
     """Load full weights (and optimizer state) into a plain, DDP or FSDP model; every rank passes the full state.
+    weights None: the model holds them already (a LoRA run loads them before wrapping).
 
     strict=False for the optimizer: parameters that never got a gradient (e.g. a connector before the first
     image) have no AdamW state yet, and that is fine.
     """
     inner = unwrap(model)
-    set_model_state_dict(inner, weights, options=StateDictOptions(full_state_dict=True))
+    if weights is not None:
+        set_model_state_dict(inner, weights, options=StateDictOptions(full_state_dict=True))
     if optimizer is not None and optim_state is not None:
         set_optimizer_state_dict(inner, optimizer, optim_state,
                                  options=StateDictOptions(full_state_dict=True, strict=False))

@@ -28,6 +28,7 @@ from torch import nn
 
 from mm1lab.folders import CHECKPOINTS, find_checkpoint
 from mm1lab.load import load_model
+from mm1lab.lora import apply_lora, base_param_count, restore_lora, split_state
 from mm1lab.train import distributed as D
 from mm1lab.train.checkpoint import (
     fault_point,
@@ -95,12 +96,16 @@ class Trainer:
         found = resume.path if resume is not None else None
         model = self._build_model(resume)
         for name, param in model.named_parameters():   # freeze per part (parts: the objective's, see config)
-            param.requires_grad_(not cfg.freeze[part_of(name, self.objective.parts)])
+            trains = not cfg.freeze[part_of(name, self.objective.parts)]
+            param.requires_grad_(trains and (not cfg.lora.enabled or cfg.lora.trains(name)))   # LoRA: adapters
         model.to(self.dev)
-        self.model, self.num_params = model, sum(p.numel() for p in model.parameters())
+        self.model, self.num_params = model, base_param_count(model)   # MM1's LR rule: the model, not adapters
         self.peak_lr = cfg.optim.lr or mm1_peak_lr(self.num_params)
         wd = cfg.optim.weight_decay if cfg.optim.weight_decay is not None else mm1_weight_decay(self.peak_lr)
         self.mode = D.resolve_parallel(cfg.parallel, self.info)
+        if cfg.lora.quantize and self.mode != "none":
+            raise ValueError(f"lora.quantize runs in one process (4-bit weights are not sharded or broadcast here); "
+                             f"this run is {self.mode} over {self.info.world} ranks: run one process or drop it")
         self.wrapped = D.wrap_model(model, self.mode, self.info, blocks=self.objective.blocks(model))
         # built after wrapping: FSDP2 swaps the parameters for sharded ones
         groups = param_groups(model, peak_lr=self.peak_lr, weight_decay=wd, lr_scale=cfg.optim.lr_scale,
@@ -252,11 +257,17 @@ class Trainer:
             self.model_cfg = (parse_model(cfg.objective, resume.model_config) if resume is not None
                               else init.cfg if init is not None else cfg.model_config())
         self.objective = OBJECTIVES[cfg.objective](self.model_cfg)
-        if cfg.pretrained and resume is None:
-            return model
-        model = self.objective.build()
-        if init is not None:
-            model.load_state_dict(init.state_dict())
+        if not (cfg.pretrained and resume is None):
+            model = self.objective.build()
+            if init is not None:
+                model.load_state_dict(init.state_dict())
+        if resume is not None and resume.adapters is not None and not cfg.lora.enabled:
+            raise ValueError(f"{resume.path} holds LoRA adapters but this config has lora.r=0; resume with the "
+                             "run's own lora settings, or start a new out_dir")
+        if cfg.lora.enabled:   # the base weights go in first: LoRA wraps the layers that hold them
+            if resume is None:
+                return apply_lora(model, cfg.lora)
+            return restore_lora(model, cfg.lora, resume.weights, resume.adapters, resume.path)
         return model
 
     # ---- checkpoints -----------------------------------------------------------------------------------
@@ -265,6 +276,9 @@ class Trainer:
         weights, optim = D.gather_state(self.wrapped, self.optimizer)
         data = self.batches.state_dict()   # every rank: each holds the positions of its own data shards
         if self.info.is_main:
+            adapters = adapter_config = None
+            if self.cfg.lora.enabled:   # base weights under their plain names; adapters in peft's files beside
+                weights, adapters, adapter_config = split_state(D.unwrap(self.wrapped), weights)
             state = dict(step=self.step, schedule=self.schedule.state_dict(), data=data,
                          rng=rng_state(), skipped=dict(self.skipped), bad_run=self.bad_run, bad_total=self.bad_total)
             import yaml
@@ -273,12 +287,13 @@ class Trainer:
                 model_config_json=json.dumps(self.model_cfg.to_dict(), indent=2),
                 train_config_yaml=yaml.safe_dump(self.cfg.to_dict(), sort_keys=False), optimizer=optim,
                 state=state, meta=dict(time=time.time(), objective=self.cfg.objective, metrics=record or {}),
-                keep=self.cfg.checkpoint.keep)
+                keep=self.cfg.checkpoint.keep, adapters=adapters, adapter_config=adapter_config)
         D.barrier()
         self.last_ckpt = find_checkpoint(self.ckpt_root)
 
     def _restore(self, ckpt) -> None:
-        D.load_state(self.wrapped, self.optimizer, ckpt.weights, ckpt.optimizer)
+        # a LoRA model got its weights in _build_model (4-bit layers do not load a state dict)
+        D.load_state(self.wrapped, self.optimizer, None if self.cfg.lora.enabled else ckpt.weights, ckpt.optimizer)
         s = ckpt.state
         self.schedule.load_state_dict(s["schedule"])
         self.batches.load_state_dict(s["data"])
