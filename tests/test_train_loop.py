@@ -68,6 +68,8 @@ def test_lr_scale_zero_freezes_a_part_and_schedule_reaches_ten_percent(tmp_path)
     assert "vision.decay" not in rows[-1]["lr_parts"]
     peak = 3e-3
     assert [r["lr"] for r in rows[:3]] == pytest.approx([peak / 3, 2 * peak / 3, peak])   # 2 warmup steps
+    # each part's LR is the one its step used, like `lr` (it once read the schedule a step ahead)
+    assert all(r["lr_parts"]["lm.decay"] == pytest.approx(r["lr"]) for r in rows)
     assert result.metrics["lr"] == pytest.approx(peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 3 / 4))))
 
 

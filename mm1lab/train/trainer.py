@@ -208,6 +208,8 @@ class Trainer:
         else:
             self.bad_run, self.bad_total = self.bad_run + 1, self.bad_total + 1
         lr = self.optimizer.param_groups[0]["lr"]
+        # each part's LR as this step used it (read before the schedule moves on, as `lr` is)
+        lr_parts = {g["name"]: g["lr"] for g in self.optimizer.param_groups if g["name"].endswith(".decay")}
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step()
         self.step += 1
@@ -217,7 +219,8 @@ class Trainer:
                 f"{self.step - self.bad_run + 1}..{self.step}); stopped without saving. The last good checkpoint is "
                 f"{self.last_ckpt or 'none (no checkpoint was written yet)'}. Try a lower optim.lr, "
                 f"precision=fp32, or check the data of those steps.")
-        return dict(loss=loss, lr=lr, grad_norm=grad_norm, finite=float(finite), time=time.perf_counter() - t0,
+        return dict(loss=loss, lr=lr, lr_parts=lr_parts, grad_norm=grad_norm, finite=float(finite),
+                    time=time.perf_counter() - t0,
                     tokens=stats.get("tokens", 0.0), images=stats.get("images", 0.0), stats=stats)
 
     def _sync_grads(self, last: bool) -> None:
@@ -239,7 +242,7 @@ class Trainer:
                                       step_time=elapsed / len(window))
         sums = {k: sum(w["stats"][k] for w in good) for k in self.objective.stat_keys}
         record.update(self.objective.record(sums, len(good)))
-        record["lr_parts"] = {g["name"]: g["lr"] for g in self.optimizer.param_groups if g["name"].endswith(".decay")}
+        record["lr_parts"] = window[-1]["lr_parts"]
         record.update(skipped=dict(self.skipped), nonfinite_steps=self.bad_total)
         return record
 
