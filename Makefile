@@ -21,6 +21,9 @@ $(BIN)/python:
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install --disable-pip-version-check -q $(TORCH_SPEC)
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[$(EXTRAS)]"
+	# lmms-eval without its declared dependencies (torchvision, timm: CUDA builds here); the `harness` extra has
+	# what its evaluator really imports. The mm1lab plugin registers through pyproject's entry point.
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps lmms-eval==0.7.3
 	touch $@
 
 # The kernel lives inside the venv (--sys-prefix), so papermill and JupyterLab from the venv find it.
