@@ -62,7 +62,7 @@ def test_only_adapters_train_and_base_weights_stay_bit_identical(lora_run):
     before = fresh().state_dict()
     assert ckpt.weights.keys() == before.keys()                         # the base, under the plain names
     assert all(torch.equal(ckpt.weights[k], before[k]) for k in before)  # untouched by 5 AdamW steps
-    assert any(v.abs().sum() > 0 for k, v in ckpt.adapters.items() if "lora_B" in k)   # B left zero: learnt
+    assert any(v.abs().sum() > 0 for k, v in ckpt.adapters.items() if "lora_B" in k)   # B starts at zero: it learnt
 
 
 def test_merged_model_equals_the_model_with_adapters(lora_run):
