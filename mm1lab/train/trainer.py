@@ -110,7 +110,10 @@ class Trainer:
         # built after wrapping: FSDP2 swaps the parameters for sharded ones
         groups = param_groups(model, peak_lr=self.peak_lr, weight_decay=wd, lr_scale=cfg.optim.lr_scale,
                               parts=self.objective.parts)
-        self.optimizer = torch.optim.AdamW(groups, betas=cfg.optim.betas, eps=cfg.optim.eps)
+        # Fused AdamW updates every tensor in one kernel instead of a dozen small ops per tensor: 4-5x faster steps
+        # of the optimizer on the tiny model's 140 tensors (docs/benchmarks.md). FSDP2's DTensors keep the default.
+        fused = self.mode != "fsdp" and self.dev.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.AdamW(groups, betas=cfg.optim.betas, eps=cfg.optim.eps, fused=fused or None)
         warmup = cfg.optim.warmup_steps if cfg.optim.warmup_steps is not None else default_warmup(cfg.steps)
         self.schedule = WarmupCosine(self.optimizer, warmup=warmup, total=cfg.steps, min_ratio=cfg.optim.min_lr_ratio)
         if cfg.compile:
