@@ -2,6 +2,7 @@
 
     mm1lab ablate data-synthetic                  # 2 arms x 3 seeds of 02_pretrain, ~10 min on 2 cores
     mm1lab ablate all --publish                   # every lesson, then docs/ablations.md
+    mm1lab ablate data-captions,data-text --publish   # several lessons (finished runs are reused, not redone)
     mm1lab ablate encoder --scale gpu --vision PATH/clip-vit-l-336 --lm PATH/llama-1b
 
 A killed run of the same command continues where it stopped (finished runs are kept).
@@ -19,7 +20,11 @@ def _ablate(args: argparse.Namespace) -> int:
     from mm1lab.ablate.report import publish
     from mm1lab.ablate.suite import run_lesson
 
-    lessons = list(LESSONS) if args.lesson == "all" else [args.lesson]
+    lessons = list(LESSONS) if args.lesson == "all" else args.lesson.split(",")
+    unknown = [name for name in lessons if name not in LESSONS]
+    if unknown:
+        raise SystemExit(f"mm1lab ablate: unknown lesson(s) {', '.join(unknown)}; choose from {', '.join(LESSONS)}, "
+                         "a comma-separated list of them, or all")
     parts = {k: v for k, v in (("clip-tiny", args.vision), ("lm-tiny", args.lm)) if v}
     results = []
     for lesson in lessons:
@@ -39,7 +44,7 @@ def add_ablate_commands(subparsers) -> None:
     """Register `ablate` on the `mm1lab` command's subparsers."""
     p = subparsers.add_parser("ablate", help="run one of MM1's ablation lessons with seeds and give its verdict",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("lesson", choices=[*LESSONS, "all"])
+    p.add_argument("lesson", help=f"one of {', '.join(LESSONS)}; several, comma-separated; or all")
     p.add_argument("--scale", choices=list(SCALES), default="cpu")
     p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3)")
     p.add_argument("--out", default="papermill_runs", help="where the lesson folders go (and are resumed from)")
