@@ -30,6 +30,12 @@ def test_demo_pipeline_runs_every_stage_and_writes_the_summary(tmp_path):
     index = [json.loads(line) for line in (tmp_path / "index.jsonl").read_text().splitlines()]
     assert [r["name"] for r in index] == ["02_pretrain", "03_sft", "04_evaluate", "05_probe"]
     assert "baseline" in done.stdout and str(folder.resolve()) in done.stdout
+    # The terminal shows progress per stage and nothing from the kernels; each stage's log stays in its folder.
+    assert "mm1lab: 02_pretrain  step 3/3  loss" in done.stderr and "mm1lab: 05_probe  ok in" in done.stderr
+    assert "WARNING" not in done.stderr and "without encryption" not in done.stderr, done.stderr
+    assert all(line.startswith("mm1lab: ") for line in done.stderr.splitlines() if line.strip()), done.stderr
+    for name in summary["runs"]:
+        assert f"{name}  ok in" in (folder / name / "run.log").read_text()
 
 
 def test_quick_demo_tours_the_model_and_prints_the_presets():
