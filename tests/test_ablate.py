@@ -111,3 +111,40 @@ def test_every_lesson_runs_in_smoke_mode(lesson, tmp_path):
     result = run_lesson(lesson, seeds=1, out=tmp_path, smoke=True, progress=lambda s: None)
     assert result["verdict"] != "incomplete", result["reason"]
     assert set(result["scores"]) == set(LESSONS[lesson].arms)
+
+
+def test_identical_arms_across_lessons_share_one_key():
+    from mm1lab.ablate.suite import run_key
+
+    def key(lesson, arm, seed=0):
+        return run_key({**lesson_arms(lesson, "cpu")[arm], "SEED": seed, "SMOKE": False})
+
+    assert key("data-captions", "captions-50") == key("data-text", "text-10") == key("data-synthetic", "dense-7")
+    assert key("data-text", "text-0") == key("data-mixture", "1:1:0")          # 50:50:0 is 1:1:0
+    assert key("data-text", "text-0") != key("data-text", "text-0", seed=1)
+    assert key("data-mixture", "5:5:1") != key("data-text", "text-10")         # 5:5:1 is not 45:45:10
+
+
+def test_a_run_another_lesson_finished_is_reused_not_redone(tmp_path):
+    """Plant finished runs with data-synthetic's exact parameters in another lesson's folder: the lesson copies them,
+    marks them, runs no notebook and counts no time for them."""
+    import yaml
+
+    from mm1lab.ablate.suite import run_folder, run_lesson
+
+    for i, (arm, params) in enumerate(lesson_arms("data-synthetic", "cpu").items()):
+        source = run_folder(tmp_path / "ablate-data-captions-cpu-smoke", f"planted-{arm}", 0)
+        source.mkdir(parents=True)
+        (source / "parameters.yaml").write_text(yaml.safe_dump({**params, "SEED": 0, "SMOKE": True}))
+        (source / "status.json").write_text(json.dumps({"status": "ok", "duration_s": 99.0}))
+        (source / "metrics.json").write_text(json.dumps({"average": {"0shot": 40.0 + i, "4shot": 41.0 + i,
+                                                                      "8shot": 42.0 + i}}))
+    other_scale = run_folder(tmp_path / "ablate-data-text-gpu-smoke", "x", 0)   # another scale: never reused
+    other_scale.mkdir(parents=True)
+    said = []
+    result = run_lesson("data-synthetic", seeds=1, out=tmp_path, smoke=True, progress=said.append)
+    assert sum("reused" in s for s in said) == 2, said
+    assert result["scores"]["dense-7"]["0shot"] == [41.0] and result["scores"]["dense-0"]["8shot"] == [42.0]
+    assert result["seconds"] == 0.0
+    copied = run_folder(tmp_path / "ablate-data-synthetic-cpu-smoke", "dense-7", 0)
+    assert json.loads((copied / "reused.json").read_text())["from"].endswith("planted-dense-7-seed0")

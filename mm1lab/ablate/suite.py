@@ -7,7 +7,10 @@ A lesson's runs live in one folder, `<out>/ablate-<lesson>-<scale>/`, named by a
     lesson.md, lesson.png      the table and the figure `mm1lab ablate` and notebook 06 publish
 
 Running the lesson again skips every run whose status.json says "ok", so a killed suite continues where it
-stopped and nothing finished is redone. The stage-0 parts come from stage0/ and are shared by every arm; an encoder
+stopped and nothing finished is redone. Lessons share arms (MM1's 45:45:10 mix is an arm of four of them), so a run
+whose parameters and seed equal a finished run of another lesson at the same scale is copied from it, not redone:
+the same code on the same thread count gives bit-identical results (docs/ablations.md). It is marked `reused.json`.
+The stage-0 parts come from stage0/ and are shared by every arm; an encoder
 the lesson needs but stage0/ does not ship is trained once, into the lesson folder, before the first run.
 """
 
@@ -18,6 +21,8 @@ import shutil
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from mm1lab.ablate.lessons import LESSONS, ROOT, SCALES, STAGE0, lesson_arms
 from mm1lab.ablate.verdict import Scores, Verdict, interval, judge
@@ -36,6 +41,32 @@ def finished(folder: Path) -> bool:
     status = folder / "status.json"
     return status.exists() and json.loads(status.read_text()).get("status") == "ok" and \
         (folder / "metrics.json").exists()
+
+
+def run_key(params: dict[str, Any]) -> str:
+    """What makes two runs the same run: every parameter, with the mixture as shares (1:1:0 is 50:50:0)."""
+    params = dict(params)
+    mixture = params.get("MIXTURE")
+    if isinstance(mixture, dict) and sum(mixture.values()) > 0:
+        params["MIXTURE"] = {k: round(v / sum(mixture.values()), 12) for k, v in mixture.items() if v}
+    return json.dumps(params, sort_keys=True, default=str)
+
+
+def lesson_folder(out: str | Path, lesson: str, scale: str, smoke: bool) -> Path:
+    return Path(out) / f"ablate-{lesson}-{scale}{'-smoke' if smoke else ''}"
+
+
+def identical_run(lesson_dir: Path, params: dict[str, Any], scale: str, smoke: bool) -> Path | None:
+    """A finished run of another lesson at the same scale with exactly these parameters (seed and SMOKE included)."""
+    key = run_key(params)
+    for other in sorted(lesson_dir.parent.glob(lesson_folder("", "*", scale, smoke).name)):   # ablate-*-cpu
+        if other == lesson_dir:
+            continue
+        for folder in sorted((other / "runs").glob("*")):
+            if finished(folder) and not (folder / "reused.json").exists() and (folder / "parameters.yaml").exists() \
+                    and run_key(yaml.safe_load((folder / "parameters.yaml").read_text())) == key:
+                return folder
+    return None
 
 
 def ensure_parts(arms: dict[str, dict[str, Any]], lesson_dir: Path, *, smoke: bool, progress) -> None:
@@ -65,7 +96,7 @@ def run_lesson(lesson: str, *, scale: str = "cpu", seeds: int = 3, out: str | Pa
         raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
-    lesson_dir = Path(out) / f"ablate-{lesson}-{scale}{'-smoke' if smoke else ''}"
+    lesson_dir = lesson_folder(out, lesson, scale, smoke)
     arms = lesson_arms(lesson, scale, parts=parts)
     ensure_parts(arms, lesson_dir, smoke=smoke, progress=progress)
     start, done, total = time.perf_counter(), 0, len(arms) * seeds
@@ -77,6 +108,13 @@ def run_lesson(lesson: str, *, scale: str = "cpu", seeds: int = 3, out: str | Pa
                 progress(f"[{done}/{total}] {lesson}: {arm} seed {seed}: done before, kept")
                 continue
             shutil.rmtree(folder, ignore_errors=True)   # a killed run's partial folder is redone from scratch
+            same = identical_run(lesson_dir, {**params, "SEED": seed, "SMOKE": smoke}, scale, smoke)
+            if same is not None:
+                shutil.copytree(same, folder)
+                (folder / "reused.json").write_text(json.dumps({"from": str(same.resolve())}) + "\n")
+                progress(f"[{done}/{total}] {lesson}: {arm} seed {seed}: identical to {same.parent.parent.name}/"
+                         f"{same.name}, reused")
+                continue
             t0 = time.perf_counter()
             result = run_notebook(NOTEBOOK, {**params, "SEED": seed}, out_root=lesson_dir, smoke=smoke,
                                   folder=folder, kernel=kernel or DEFAULT_KERNEL,
@@ -133,5 +171,8 @@ def summarise(lesson: str, lesson_dir: Path, arms: dict[str, Any], seeds: int) -
 
 
 def _duration(folder: Path) -> float:
+    """Seconds this lesson spent on a run (a reused run cost nothing here)."""
     status = folder / "status.json"
+    if (folder / "reused.json").exists():
+        return 0.0
     return json.loads(status.read_text()).get("duration_s", 0.0) if status.exists() else 0.0
