@@ -159,12 +159,15 @@ class RunWatch:
                 return
 
 
-def kernel_manager_class(log_path: str | Path) -> type:
+def kernel_manager_class(log_path: str | Path, ipc_dir: str | Path) -> type:
     """A jupyter_client kernel manager for one run: IPC transport, and the kernel process's own output in `log_path`.
 
     Over TCP, ipykernel warns on every start that the (local) connection is unencrypted; IPC sockets are local files,
-    so there is nothing to warn about. What the kernel process prints outside the notebook (that warning, C-library
-    messages) belongs to the run, so it goes to the run's log rather than the terminal.
+    so there is nothing to warn about. The sockets go in `ipc_dir`, one folder per run: jupyter_client's default,
+    `kernel-ipc-<n>` in the working directory, is shared by every kernel started there, and two kernels starting at
+    once (parallel tests, two sweeps) can pick the same files and read each other's messages ("Invalid Signature").
+    What the kernel process prints outside the notebook (C-library messages, for example) belongs to the run, so it
+    goes to the run's log rather than the terminal.
     """
     from jupyter_client import AsyncKernelManager
     from traitlets import default
@@ -173,6 +176,10 @@ def kernel_manager_class(log_path: str | Path) -> type:
         @default("transport")
         def _default_transport(self) -> str:
             return "ipc"
+
+        @default("ip")
+        def _default_ip(self) -> str:
+            return str(Path(ipc_dir) / "kernel")
 
         async def start_kernel(self, **kw):
             log = open(log_path, "ab")   # the child keeps its own copy of the descriptor

@@ -20,7 +20,9 @@ import json
 import keyword
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,6 +234,7 @@ def run_notebook(
     started, t0 = dt.datetime.now(), time.perf_counter()
     status, error, failed_cell, trace, interrupted = "ok", None, None, None, False
     watch = RunWatch(folder, label=live or name, notebook=executed, echo=bool(live))
+    ipc_dir = tempfile.mkdtemp(prefix="mm1lab-kernel-")   # short: a socket path must fit in 107 bytes
     try:
         import papermill
 
@@ -240,7 +243,7 @@ def run_notebook(
                 str(notebook), str(executed), parameters={**parameters, "RUN_DIR": str(folder)}, kernel_name=kernel,
                 # Run where the notebook lives, as JupyterLab does, so its relative paths mean the same thing.
                 cwd=str(notebook.resolve().parent), progress_bar=progress, log_output=True,
-                kernel_manager_class=kernel_manager_class(folder / LOG_NAME))
+                kernel_manager_class=kernel_manager_class(folder / LOG_NAME, ipc_dir))
     except PapermillExecutionError as exc:
         # papermill has already saved the partial notebook (outputs up to and including the failing cell).
         status, failed_cell = "failed", _failing_cell(executed, exc.cell_index)
@@ -250,6 +253,8 @@ def run_notebook(
         status, error = "failed", f"{type(exc).__name__}: {exc}"
     except KeyboardInterrupt:   # record it, so the folder is not left without a status, then stop
         status, error, interrupted = "failed", "KeyboardInterrupt: stopped by the user", True
+    finally:
+        shutil.rmtree(ipc_dir, ignore_errors=True)
     duration = round(time.perf_counter() - t0, 3)
     watch.write(f"{live or name}  {status} in {clock(duration)}")
 

@@ -134,3 +134,24 @@ def test_broken_eval_files(tmp_path):
     (tmp_path / "broken.json").write_text('{"images": [')
     with pytest.raises(DataError, match="broken.json:1"):
         read_coco_captions(tmp_path / "broken.json", tmp_path / "val2014")
+
+
+def test_a_truncated_image_is_bad_even_when_another_library_allows_truncation(tmp_path):
+    """lmms-eval sets Pillow's LOAD_TRUNCATED_IMAGES process-wide on import; mm1lab's readers still count a cut file."""
+    from PIL import ImageFile
+
+    from mm1lab.data.guards import open_image
+    from mm1lab.data.sample import SkipSample
+
+    with tarfile.open(SAMPLES / "captions" / "00000.tar") as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".jpg"))
+        blob = tar.extractfile(member).read()
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        with pytest.raises(SkipSample) as caught:
+            open_image(blob[: len(blob) // 2], "sample 1")
+        assert caught.value.reason == "bad_image"
+        assert ImageFile.LOAD_TRUNCATED_IMAGES is True          # the process's setting is left as it was
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved

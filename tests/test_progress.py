@@ -90,3 +90,27 @@ def test_cli_run_shows_progress_and_keeps_the_log(tmp_path):
     log = (folder / LOG_NAME).read_text()
     assert "from the notebook's stdout" in log and "from the notebook's stderr" in log
     assert "demo  step 40/40" in log and "demo  ok in" in log
+
+
+def test_two_runs_started_at_once_in_one_folder_keep_their_own_kernels(tmp_path):
+    """Two `mm1lab run`s from the same working directory at the same time (as parallel test workers and sweeps do):
+    each kernel has its own IPC sockets, so neither reads the other's messages, and the socket folders are removed."""
+    first = new_code_cell('SMOKE = False\nRUN_DIR = "."\nx = 0', metadata={"tags": ["parameters"]})
+    body = new_code_cell('import json, pathlib, time\ntime.sleep(2)\n'
+                         '(pathlib.Path(RUN_DIR) / "metrics.json").write_text(json.dumps({"x": x}))')
+    nb = new_notebook(cells=[first, body])
+    nb.metadata["kernelspec"] = {"name": "mm1lab", "display_name": "mm1lab (.venv)", "language": "python"}
+    nbformat.write(nb, tmp_path / "twin.ipynb")
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
+    procs = [subprocess.Popen([sys.executable, "-m", "mm1lab", "run", "twin.ipynb", "-p", "x", str(i), "--out", "out",
+                               "--name", f"twin{i}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in (1, 2)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+    for i in (1, 2):
+        (folder,) = (tmp_path / "out").glob(f"*-twin{i}")
+        assert json.loads((folder / "metrics.json").read_text()) == {"x": i}
+    assert not list((tmp_path / "tmp").glob("mm1lab-kernel-*"))
+    assert not list(tmp_path.glob("kernel-ipc*"))

@@ -8,6 +8,7 @@ wrong. docs/robustness.md lists the guarantees and the tests that check them.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -15,7 +16,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFile
 
 from mm1lab.data.sample import DataError, SkipSample
 
@@ -112,6 +113,18 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+@contextlib.contextmanager
+def strict_decoding():
+    """Decode with Pillow's LOAD_TRUNCATED_IMAGES off, whatever the process set: lmms-eval turns it on when it is
+    imported, and then a truncated file would be padded with grey instead of counted as a bad image."""
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
 def open_image(source: bytes | str | Path, where: str) -> Image.Image:
     """Decode an image fully (so truncation shows here, not later in the collator) as RGB, or raise `SkipSample`."""
     if not isinstance(source, bytes):
@@ -125,7 +138,8 @@ def open_image(source: bytes | str | Path, where: str) -> Image.Image:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=IMAGE_FORMATS) as image:
             if image.width == 0 or image.height == 0:
                 raise SkipSample("bad_image", where, f"{image.width}x{image.height} image")
-            image.load()
+            with strict_decoding():
+                image.load()
             return image.convert("RGB")
     except Image.DecompressionBombError as exc:
         raise SkipSample("image_too_large", where, f"{exc} If the image is genuine, raise PIL.Image.MAX_IMAGE_PIXELS "
@@ -145,7 +159,8 @@ def decoded_image(image: Any, where: str) -> Image.Image:
             image = Image.fromarray(np.asarray(image, dtype=np.uint8))
         if image.width == 0 or image.height == 0:
             raise SkipSample("bad_image", where, f"{image.width}x{image.height} image")
-        image.load()   # a lazily opened, truncated file fails here rather than deep inside the preprocessing
+        with strict_decoding():
+            image.load()   # a lazily opened, truncated file fails here rather than deep inside the preprocessing
         return image if image.mode == "RGB" else image.convert("RGB")
     except SkipSample:
         raise
