@@ -234,7 +234,10 @@ def run_notebook(
     started, t0 = dt.datetime.now(), time.perf_counter()
     status, error, failed_cell, trace, interrupted = "ok", None, None, None, False
     watch = RunWatch(folder, label=live or name, notebook=executed, echo=bool(live))
-    ipc_dir = tempfile.mkdtemp(prefix="mm1lab-kernel-")   # short: a socket path must fit in 107 bytes
+    ipc_dir = tempfile.mkdtemp(prefix="mm1lab-kernel-")
+    if len(ipc_dir) > 80:   # a socket path must fit in 107 bytes (with "/kernel-<port>"): a long TMPDIR will not do
+        shutil.rmtree(ipc_dir)
+        ipc_dir = tempfile.mkdtemp(prefix="mm1lab-kernel-", dir="/tmp")
     try:
         import papermill
 
