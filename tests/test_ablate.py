@@ -123,6 +123,31 @@ def test_identical_arms_across_lessons_share_one_key():
     assert key("data-text", "text-0") == key("data-mixture", "1:1:0")          # 50:50:0 is 1:1:0
     assert key("data-text", "text-0") != key("data-text", "text-0", seed=1)
     assert key("data-mixture", "5:5:1") != key("data-text", "text-10")         # 5:5:1 is not 45:45:10
+    # The connector lesson names the notebook's defaults (45:45:10 is 02_pretrain's MIXTURE, 16 the tiny preset's
+    # tokens) where the data lessons leave them out: the same run.
+    assert key("connector", "c-abstractor") == key("data-text", "text-10")
+    assert key("connector", "tokens-64") != key("connector", "c-abstractor")
+
+
+def test_effective_parameters_fill_the_notebooks_defaults_and_the_presets_sizes():
+    from mm1lab.ablate.suite import effective, notebook_defaults
+
+    defaults = notebook_defaults()
+    assert defaults["CONNECTOR"] == "c-abstractor" and defaults["IMAGE_TOKENS"] is None   # read from 02_pretrain
+    tiny = effective({"PRESET": "tiny"})
+    assert (tiny["IMAGE_TOKENS"], tiny["RESOLUTION"]) == (16, 64)
+    assert effective({"PRESET": "tiny", "CONNECTOR": "mlp"})["IMAGE_TOKENS"] is None   # mlp: every patch, not 16
+    assert effective({"PRESET": "tiny", "RESOLUTION": 128})["RESOLUTION"] == 128
+
+
+def test_seeds_per_lesson_on_the_command_line():
+    from mm1lab.ablate.cli import lesson_seeds
+
+    assert lesson_seeds("connector,data-text:5", 3) == {"connector": 3, "data-text": 5}
+    assert lesson_seeds("all", 4) == dict.fromkeys(LESSONS, 4)
+    for bad in ("data-txt", "data-text:0", "data-text:x"):
+        with pytest.raises(SystemExit, match="data-t"):
+            lesson_seeds(bad, 3)
 
 
 def test_a_run_another_lesson_finished_is_reused_not_redone(tmp_path):

@@ -3,6 +3,7 @@
     mm1lab ablate data-synthetic                  # 2 arms x 3 seeds of 02_pretrain, ~10 min on 2 cores
     mm1lab ablate all --publish                   # every lesson, then docs/ablations.md
     mm1lab ablate data-captions,data-text --publish   # several lessons (finished runs are reused, not redone)
+    mm1lab ablate connector,data-text:5 --publish     # data-text with 5 seeds per arm, connector with --seeds
     mm1lab ablate encoder --scale gpu --vision PATH/clip-vit-l-336 --lm PATH/llama-1b
 
 A killed run of the same command continues where it stopped (finished runs are kept).
@@ -16,19 +17,29 @@ import json
 from mm1lab.ablate.lessons import LESSONS, ROOT, SCALES
 
 
+def lesson_seeds(spec: str, seeds: int) -> dict[str, int]:
+    """Lesson name -> seeds per arm, from "all", "a,b" or "a:5,b" (a lesson's own count wins over `seeds`)."""
+    out = {}
+    for item in (list(LESSONS) if spec == "all" else spec.split(",")):
+        name, _, count = item.strip().partition(":")
+        if name not in LESSONS:
+            raise SystemExit(f"mm1lab ablate: unknown lesson {name!r}; choose from {', '.join(LESSONS)}, a "
+                             "comma-separated list of them (each may end in :SEEDS, e.g. data-text:5), or all")
+        if count and not (count.isdigit() and int(count) >= 1):
+            raise SystemExit(f"mm1lab ablate: {item!r}: the seeds after ':' must be a whole number of at least 1")
+        out[name] = int(count) if count else seeds
+    return out
+
+
 def _ablate(args: argparse.Namespace) -> int:
     from mm1lab.ablate.report import publish
     from mm1lab.ablate.suite import run_lesson
 
-    lessons = list(LESSONS) if args.lesson == "all" else args.lesson.split(",")
-    unknown = [name for name in lessons if name not in LESSONS]
-    if unknown:
-        raise SystemExit(f"mm1lab ablate: unknown lesson(s) {', '.join(unknown)}; choose from {', '.join(LESSONS)}, "
-                         "a comma-separated list of them, or all")
+    lessons = lesson_seeds(args.lesson, args.seeds)
     parts = {k: v for k, v in (("clip-tiny", args.vision), ("lm-tiny", args.lm)) if v}
     results = []
-    for lesson in lessons:
-        result = run_lesson(lesson, scale=args.scale, seeds=args.seeds, out=args.out, smoke=args.smoke, parts=parts)
+    for lesson, seeds in lessons.items():
+        result = run_lesson(lesson, scale=args.scale, seeds=seeds, out=args.out, smoke=args.smoke, parts=parts)
         print(f"{lesson}: {result['verdict']} ({result['reason']})")
         for e in result["effects"]:
             print(f"  {e['name']}: {e['mean']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}]")
@@ -44,7 +55,8 @@ def add_ablate_commands(subparsers) -> None:
     """Register `ablate` on the `mm1lab` command's subparsers."""
     p = subparsers.add_parser("ablate", help="run one of MM1's ablation lessons with seeds and give its verdict",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("lesson", help=f"one of {', '.join(LESSONS)}; several, comma-separated; or all")
+    p.add_argument("lesson", help=f"one of {', '.join(LESSONS)}; several, comma-separated, each optionally "
+                                  "LESSON:SEEDS; or all")
     p.add_argument("--scale", choices=list(SCALES), default="cpu")
     p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3)")
     p.add_argument("--out", default="papermill_runs", help="where the lesson folders go (and are resumed from)")

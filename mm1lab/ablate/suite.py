@@ -16,9 +16,11 @@ the lesson needs but stage0/ does not ship is trained once, into the lesson fold
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import time
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +45,45 @@ def finished(folder: Path) -> bool:
         (folder / "metrics.json").exists()
 
 
+@cache
+def notebook_defaults() -> dict[str, Any]:
+    """The values `02_pretrain`'s parameters cell assigns (the literals among them)."""
+    import nbformat
+
+    from mm1lab.runner import parameters_cell
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    defaults = {}
+    for node in ast.parse(nb.cells[parameters_cell(nb)].source).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                defaults[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    return defaults
+
+
+def effective(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` as the notebook reads them: its defaults filled in, and the preset's token count and resolution
+    where the parameter says "the preset's" (None). Two arms that differ only in naming a default are one run."""
+    from mm1lab.config import MM1Config
+
+    params = {**notebook_defaults(), **params}
+    try:
+        cfg = MM1Config.preset(params.get("PRESET"))
+    except (KeyError, ValueError, TypeError):
+        return params
+    if params.get("IMAGE_TOKENS") is None and params.get("CONNECTOR") == cfg.connector.kind:
+        params["IMAGE_TOKENS"] = cfg.connector.num_tokens
+    if params.get("RESOLUTION") is None:
+        params["RESOLUTION"] = cfg.vision.image_size
+    return params
+
+
 def run_key(params: dict[str, Any]) -> str:
-    """What makes two runs the same run: every parameter, with the mixture as shares (1:1:0 is 50:50:0)."""
-    params = dict(params)
+    """What makes two runs the same run: every parameter as the notebook reads it (`effective`), with the mixture
+    as shares (1:1:0 is 50:50:0)."""
+    params = effective(params)
     mixture = params.get("MIXTURE")
     if isinstance(mixture, dict) and sum(mixture.values()) > 0:
         params["MIXTURE"] = {k: round(v / sum(mixture.values()), 12) for k, v in mixture.items() if v}
