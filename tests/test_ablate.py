@@ -54,6 +54,18 @@ def test_verdicts_on_planted_results(lesson, values, expected):
     assert verdict.effects and verdict.reason
 
 
+def test_captioning_alone_is_reported_beside_the_caption_verdict_and_never_decides_it():
+    """Captions-only lifts 0-shot captioning but not the VQA-heavy 0-shot average: the verdict follows the average."""
+    flat = [50.0, 50.5, 49.5]
+    values = {"captions-100": {"0shot": [40, 41, 39], "caption0": [80, 82, 79]}, "captions-0": {"caption0": flat},
+              "captions-50": {"caption0": flat}}
+    verdict = judge(LESSONS["data-captions"].rule, planted("data-captions", values))
+    assert verdict.verdict == "not reproduced"
+    beside = verdict.effects[-1]
+    assert beside.name.startswith("0-shot captioning alone") and beside.sign == 1
+    assert judge(LESSONS["data-captions"].rule, planted("data-captions", {})).effects[-1].name.startswith("text")
+
+
 def test_every_lesson_has_arms_at_both_scales():
     for name, lesson in LESSONS.items():
         for scale in ("cpu", "gpu"):

@@ -177,9 +177,10 @@ def collect(lesson_dir: Path, arms: dict[str, Any], seeds: int) -> tuple[Scores,
                 continue
             m = json.loads((folder / "metrics.json").read_text())
             values = dict(m.get("average", {}))
-            text = m.get("scores", {}).get("text@0shot")
-            if text is not None:
-                values["text"] = text["score"] * 100
+            for metric, task in (("text", "text@0shot"), ("caption0", "caption@0shot")):
+                score = m.get("scores", {}).get(task)
+                if score is not None:
+                    values[metric] = score["score"] * 100
             for key, value in values.items():
                 scores[arm].setdefault(key, []).append(value)
     return scores, missing

@@ -9,8 +9,8 @@ is Student's t over those differences (n seeds, n - 1 degrees of freedom). A cla
 - "inconclusive" otherwise: the intervals are too wide for this budget to tell.
 
 Scores per run (from 02_pretrain's metrics.json): MM1's average at 0, 4 and 8 shots (captioning CIDEr and VQA-style
-accuracy, x100), "few" = the mean of the 4- and 8-shot averages, "all" = the mean over 0, 4 and 8 shots, and "text"
-= TextCore accuracy x100.
+accuracy, x100), "few" = the mean of the 4- and 8-shot averages, "all" = the mean over 0, 4 and 8 shots, "text"
+= TextCore accuracy x100, and "caption0" = 0-shot captioning CIDEr x100 (reported beside, never in a verdict).
 """
 
 from __future__ import annotations
@@ -132,6 +132,9 @@ def caption_zero_interleaved_few(s: Scores) -> Verdict:
                diff(s, "captions-0", "captions-100", "few", "few-shot: interleaved 100% - 0%")]
     verdict = _all_in_direction(effects)
     verdict.effects.append(diff(s, "captions-0", "captions-100", "text", "text-only: interleaved 100% - 0%"))
+    if all("caption0" in m for m in s.values()):   # reported beside: the average is mostly VQA-style tasks
+        verdict.effects.append(diff(s, "captions-100", "captions-0", "caption0",
+                                    "0-shot captioning alone (CIDEr): captions 100% - 0%"))
     return verdict
 
 
