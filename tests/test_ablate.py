@@ -185,3 +185,16 @@ def test_a_run_another_lesson_finished_is_reused_not_redone(tmp_path):
     assert result["seconds"] == 0.0
     copied = run_folder(tmp_path / "ablate-data-synthetic-cpu-smoke", "dense-7", 0)
     assert json.loads((copied / "reused.json").read_text())["from"].endswith("planted-dense-7-seed0")
+
+
+def test_an_encoder_the_lesson_trains_reaches_its_runs_as_an_absolute_path(tmp_path, monkeypatch):
+    """Each run's notebook executes in its own folder, so a lesson folder given relative to the working directory
+    (`--out papermill_runs`, the default) must not leak into VISION_INIT as a relative path."""
+    from mm1lab.ablate.lessons import STAGE0
+    from mm1lab.ablate.suite import ensure_parts
+
+    monkeypatch.chdir(tmp_path)
+    arms = {"clip-small-64": {"VISION_INIT": str(STAGE0 / "clip-small")}}
+    ensure_parts(arms, Path("ablate-encoder-cpu-smoke"), smoke=True, progress=lambda s: None)
+    path = Path(arms["clip-small-64"]["VISION_INIT"])
+    assert path.is_absolute() and (path / "config.json").exists(), path

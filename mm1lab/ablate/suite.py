@@ -119,8 +119,9 @@ def ensure_parts(arms: dict[str, dict[str, Any]], lesson_dir: Path, *, smoke: bo
                 raise FileNotFoundError(f"{path} is missing and is no stage-0 preset; run `mm1lab stage0 ship`")
             progress(f"training stage-0 encoder {path.name} once for every arm that needs it")
             # The shipped 64-px encoders' recipe (800 steps of 128 pairs), so a size arm sees the same data.
+            # Absolute: each run's notebook executes in its own folder.
             params["VISION_INIT"] = str(encoder_folder(path.name, shipped=STAGE0, out=lesson_dir / "encoders",
-                                                       steps=800, batch_size=128, smoke=smoke))
+                                                       steps=800, batch_size=128, smoke=smoke).resolve())
 
 
 def run_lesson(lesson: str, *, scale: str = "cpu", seeds: int = 3, out: str | Path = "papermill_runs",
