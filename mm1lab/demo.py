@@ -38,7 +38,7 @@ SFT_QUESTIONS = {"color": 0.05, "count": 0.1, "count_steps": 0.05, "shape": 0.2,
 # The pre-trained encoder and LM learn at a fraction of the fresh connector's rate: at the full rate the first
 # steps undo what stage 0 learned (measured: 0-shot CIDEr-D 0.73 -> 1.93, counting 0.25 -> 0.39 after 600 steps).
 PRETRAINED_LR_SCALE = {"vision": 0.1, "lm": 0.3, "connector": 1.0}
-# Sized for 10 minutes on 2 cores; measured 666 s on the 2-core AMD EPYC of docs/benchmarks.md (2026-12-02).
+# Sized for 10 minutes on 2 cores; measured 390 s and 666 s on the same 2-core AMD EPYC on one day (docs/benchmarks.md).
 PLAN = {
     "02_pretrain": dict(STEPS=500, BATCH_SIZE=16, SEQ_LEN=256, VISION_INIT=str(STAGE0 / "clip-tiny"),
                         LM_INIT=str(STAGE0 / "lm-tiny"), LR_SCALE=PRETRAINED_LR_SCALE,
