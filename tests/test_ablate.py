@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -81,17 +82,22 @@ def test_every_lesson_has_arms_at_both_scales():
 def test_a_killed_lesson_resumes_without_redoing_finished_runs(tmp_path):
     from mm1lab.ablate.suite import run_folder, run_lesson
 
-    first = run_lesson("data-synthetic", seeds=2, out=tmp_path, smoke=True, progress=lambda s: None)
+    # The first call runs two at a time, in two processes; the second redoes one run alone.
+    first = run_lesson("data-synthetic", seeds=2, out=tmp_path, smoke=True, jobs=2, progress=lambda s: None)
     assert first["verdict"] in ("reproduced", "not reproduced", "inconclusive")
     lesson_dir = tmp_path / "ablate-data-synthetic-cpu-smoke"
     kept = run_folder(lesson_dir, "dense-0", 0)
     stamp = (kept / "status.json").read_text()
+    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // 2))
+    assert json.loads(stamp)["threads"] == threads      # the thread count its kernel ran on
     broken = run_folder(lesson_dir, "dense-7", 1)
     (broken / "status.json").unlink()                   # as if killed during this run
     said = []
-    again = run_lesson("data-synthetic", seeds=2, out=tmp_path, smoke=True, progress=said.append)
+    again = run_lesson("data-synthetic", seeds=2, out=tmp_path, smoke=True, jobs=1, progress=said.append)
     assert (kept / "status.json").read_text() == stamp  # not redone
     assert sum("kept" in s for s in said) == 3 and any("dense-7 seed 1: ok" in s for s in said)
+    # Redone alone, on the same thread count, the run gives exactly what it gave side by side with another.
+    assert again["scores"] == first["scores"]
     assert again["scores"]["dense-7"]["0shot"] and (lesson_dir / "lesson.png").exists()
     assert json.loads((lesson_dir / "lesson.json").read_text())["verdict"] == again["verdict"]
 

@@ -6,7 +6,8 @@
     mm1lab ablate connector,data-text:5 --publish     # data-text with 5 seeds per arm, connector with --seeds
     mm1lab ablate encoder --scale gpu --vision PATH/clip-vit-l-336 --lm PATH/llama-1b
 
-A killed run of the same command continues where it stopped (finished runs are kept).
+A killed run of the same command continues where it stopped (finished runs are kept). At the cpu scale the runs
+go side by side, one per core on one thread each (`--jobs` to choose).
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ def _ablate(args: argparse.Namespace) -> int:
     parts = {k: v for k, v in (("clip-tiny", args.vision), ("lm-tiny", args.lm)) if v}
     results = []
     for lesson, seeds in lessons.items():
-        result = run_lesson(lesson, scale=args.scale, seeds=seeds, out=args.out, smoke=args.smoke, parts=parts)
-        print(f"{lesson}: {result['verdict']} ({result['reason']})")
+        result = run_lesson(lesson, scale=args.scale, seeds=seeds, out=args.out, smoke=args.smoke, parts=parts,
+                            jobs=args.jobs)
+        print(f"{lesson}: {result['verdict']} ({result['reason']}); runs {result['seconds'] / 60:.1f} min, "
+              f"wall {result['wall_seconds'] / 60:.1f} min")
         for e in result["effects"]:
             print(f"  {e['name']}: {e['mean']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}]")
         results.append(result)
@@ -59,6 +62,8 @@ def add_ablate_commands(subparsers) -> None:
                                   "LESSON:SEEDS; or all")
     p.add_argument("--scale", choices=list(SCALES), default="cpu")
     p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3)")
+    p.add_argument("--jobs", type=int, help="runs at once, each on cores/jobs threads (default: one per core, up to "
+                                            "8, at the cpu scale; 1 at the gpu scale)")
     p.add_argument("--out", default="papermill_runs", help="where the lesson folders go (and are resumed from)")
     p.add_argument("--smoke", action="store_true", help="every run in SMOKE mode (for tests)")
     p.add_argument("--vision", help="gpu scale: the encoder folder the arms start from (a public CLIP)")

@@ -34,8 +34,14 @@ def lesson_markdown(result: dict[str, Any], *, figure: str | None = None) -> str
         lines += ["", "| effect (paired over seeds) | mean [95% interval] |", "| --- | ---: |"]
         lines += [f"| {e['name']} | {_fmt(e['mean'], e['low'], e['high'])} |" for e in result["effects"]]
     lines += ["", f"{result['seeds']} seeds per arm; scores are MM1's average (captioning CIDEr and VQA-style "
-              f"accuracy, x100) and TextCore accuracy x100; runs took {result['seconds'] / 60:.1f} min in all.", ""]
+              f"accuracy, x100) and TextCore accuracy x100; runs took {result['seconds'] / 60:.1f} min in all"
+              f"{_wall(result)}.", ""]
     return "\n".join(lines)
+
+
+def _wall(result: dict[str, Any]) -> str:
+    wall = result.get("wall_seconds", 0.0)
+    return f", {wall / 60:.1f} min from the first run's start to the last run's end" if wall else ""
 
 
 def plot_lesson(result: dict[str, Any]):

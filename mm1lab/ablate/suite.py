@@ -17,9 +17,13 @@ the lesson needs but stage0/ does not ship is trained once, into the lesson fold
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
+import multiprocessing
+import os
 import shutil
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -124,45 +128,97 @@ def ensure_parts(arms: dict[str, dict[str, Any]], lesson_dir: Path, *, smoke: bo
                                                        steps=800, batch_size=128, smoke=smoke).resolve())
 
 
+def default_jobs(scale: str) -> int:
+    """How many runs at once: at the cpu scale one per core, up to 8 (each run on one thread: the tiny model's ops are
+    too small for a second thread to pay, so two one-thread runs side by side finish sooner than two two-thread runs
+    one after the other); at the gpu scale one, on the one device."""
+    return min(os.cpu_count() or 1, 8) if scale == "cpu" else 1
+
+
 def run_lesson(lesson: str, *, scale: str = "cpu", seeds: int = 3, out: str | Path = "papermill_runs",
                smoke: bool = False, parts: dict[str, str] | None = None, kernel: str | None = None,
-               progress=print) -> dict[str, Any]:
-    """Run (or finish) every arm x seed of `lesson` and return the lesson's result (also written to lesson.json)."""
-    from mm1lab.runner import DEFAULT_KERNEL, run_notebook
+               jobs: int | None = None, progress=print) -> dict[str, Any]:
+    """Run (or finish) every arm x seed of `lesson` and return the lesson's result (also written to lesson.json).
 
+    `jobs` runs execute at once (default: `default_jobs`), each in its own process and kernel with
+    cores // jobs threads, unless OMP_NUM_THREADS is set. A run's thread count is recorded in its status.json:
+    results are bit-identical between equal code and thread counts, and equal only to rounding across them."""
     if lesson not in LESSONS:
         raise ValueError(f"unknown lesson {lesson!r}; choose one of {', '.join(LESSONS)}")
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    jobs = default_jobs(scale) if jobs is None else jobs
+    if jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
     lesson_dir = lesson_folder(out, lesson, scale, smoke)
     arms = lesson_arms(lesson, scale, parts=parts)
     ensure_parts(arms, lesson_dir, smoke=smoke, progress=progress)
-    start, done, total = time.perf_counter(), 0, len(arms) * seeds
-    for arm, params in arms.items():
-        for seed in range(seeds):
-            folder = run_folder(lesson_dir, arm, seed)
-            done += 1
-            if finished(folder):
-                progress(f"[{done}/{total}] {lesson}: {arm} seed {seed}: done before, kept")
-                continue
-            shutil.rmtree(folder, ignore_errors=True)   # a killed run's partial folder is redone from scratch
-            same = identical_run(lesson_dir, {**params, "SEED": seed, "SMOKE": smoke}, scale, smoke)
-            if same is not None:
-                shutil.copytree(same, folder)
-                (folder / "reused.json").write_text(json.dumps({"from": str(same.resolve())}) + "\n")
-                progress(f"[{done}/{total}] {lesson}: {arm} seed {seed}: identical to {same.parent.parent.name}/"
-                         f"{same.name}, reused")
-                continue
-            t0 = time.perf_counter()
-            result = run_notebook(NOTEBOOK, {**params, "SEED": seed}, out_root=lesson_dir, smoke=smoke,
-                                  folder=folder, kernel=kernel or DEFAULT_KERNEL,
-                                  live=f"{lesson} [{done}/{total}] {arm} seed {seed}",
-                                  extra_index=dict(lesson=lesson, arm=arm, seed=seed))
-            progress(f"[{done}/{total}] {lesson}: {arm} seed {seed}: {result.status} in "
-                     f"{time.perf_counter() - t0:.0f} s ({time.perf_counter() - start:.0f} s so far)")
+    start, total = time.perf_counter(), len(arms) * seeds
+    todo = []
+    for done, (arm, seed) in enumerate(((a, s) for a in arms for s in range(seeds)), start=1):
+        folder = run_folder(lesson_dir, arm, seed)
+        if finished(folder):
+            progress(f"[{done}/{total}] {lesson}: {arm} seed {seed}: done before, kept")
+            continue
+        shutil.rmtree(folder, ignore_errors=True)   # a killed run's partial folder is redone from scratch
+        same = identical_run(lesson_dir, {**arms[arm], "SEED": seed, "SMOKE": smoke}, scale, smoke)
+        if same is not None:
+            shutil.copytree(same, folder)
+            (folder / "reused.json").write_text(json.dumps({"from": str(same.resolve())}) + "\n")
+            progress(f"[{done}/{total}] {lesson}: {arm} seed {seed}: identical to {same.parent.parent.name}/"
+                     f"{same.name}, reused")
+            continue
+        todo.append(dict(params={**arms[arm], "SEED": seed}, folder=folder, lesson_dir=lesson_dir, smoke=smoke,
+                         kernel=kernel, label=f"{lesson} [{done}/{total}] {arm} seed {seed}",
+                         index=dict(lesson=lesson, arm=arm, seed=seed)))
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // jobs))
+    for job, (status, seconds) in _execute(todo, jobs, threads):
+        progress(f"{job['label']}: {status} in {seconds:.0f} s ({time.perf_counter() - start:.0f} s so far)")
     return summarise(lesson, lesson_dir, arms, seeds)
+
+
+def _execute(todo: list[dict[str, Any]], jobs: int, threads: str):
+    """Run each job of `todo` through `_run_one`, `jobs` at a time; yield (job, (status, seconds)) as each ends."""
+    if jobs == 1 or len(todo) <= 1:
+        for job in todo:
+            yield job, _run_one(job, threads)
+        return
+    # Processes, not threads: papermill routes a run's output through one process-wide logger, and each worker's
+    # kernel inherits its thread count from the worker's environment. "spawn" also works inside a Jupyter kernel.
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_one, job, threads): job for job in todo}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
+def _run_one(job: dict[str, Any], threads: str) -> tuple[str, float]:
+    """One arm x seed as a papermill run of 02_pretrain, its kernel on `threads` threads; (status, seconds)."""
+    from mm1lab.runner import DEFAULT_KERNEL, run_notebook
+
+    t0 = time.perf_counter()
+    with _environ(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads):   # the kernel's torch reads them as it starts
+        result = run_notebook(NOTEBOOK, job["params"], out_root=job["lesson_dir"], smoke=job["smoke"],
+                              folder=job["folder"], kernel=job["kernel"] or DEFAULT_KERNEL, live=job["label"],
+                              extra_index={**job["index"], "threads": int(threads)})
+    status = Path(job["folder"]) / "status.json"
+    status.write_text(json.dumps({**json.loads(status.read_text()), "threads": int(threads)}, indent=2) + "\n")
+    return result.status, time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def collect(lesson_dir: Path, arms: dict[str, Any], seeds: int) -> tuple[Scores, list[str]]:
@@ -200,7 +256,8 @@ def summarise(lesson: str, lesson_dir: Path, arms: dict[str, Any], seeds: int) -
                   scores=scores, intervals=table, verdict=verdict.verdict, reason=verdict.reason,
                   effects=[dict(name=e.name, mean=e.mean, low=e.low, high=e.high, values=e.values)
                            for e in verdict.effects],
-                  seconds=sum(_duration(run_folder(lesson_dir, a, s)) for a in arms for s in range(seeds)))
+                  seconds=sum(_duration(run_folder(lesson_dir, a, s)) for a in arms for s in range(seeds)),
+                  wall_seconds=_wall([run_folder(lesson_dir, a, s) for a in arms for s in range(seeds)]))
     lesson_dir.mkdir(parents=True, exist_ok=True)
     (lesson_dir / "lesson.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     from mm1lab.ablate.report import lesson_markdown, plot_lesson
@@ -209,6 +266,20 @@ def summarise(lesson: str, lesson_dir: Path, arms: dict[str, Any], seeds: int) -
     if table:
         plot_lesson(result).savefig(lesson_dir / "lesson.png", dpi=110, bbox_inches="tight")
     return result
+
+
+def _wall(folders: list[Path]) -> float:
+    """Seconds from the start of the lesson's first run to the end of its last (runs side by side count once; a
+    lesson killed and resumed later counts the pause too)."""
+    import datetime as dt
+
+    spans = [json.loads((f / "status.json").read_text()) for f in folders
+             if (f / "status.json").exists() and not (f / "reused.json").exists()]
+    if not spans:
+        return 0.0
+    first = min(dt.datetime.fromisoformat(s["started"]) for s in spans)
+    last = max(dt.datetime.fromisoformat(s["finished"]) for s in spans)
+    return round((last - first).total_seconds(), 1)
 
 
 def _duration(folder: Path) -> float:
