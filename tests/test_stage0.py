@@ -16,7 +16,7 @@ from mm1lab.pretrained import load_hf_lm, load_hf_vision
 from mm1lab.stage0.aim import AIM, patch_targets, prefix_causal_mask
 from mm1lab.stage0.clip import CLIP, clip_loss, siglip_loss
 from mm1lab.stage0.data import caption_of, encode_captions
-from mm1lab.stage0.export import export_aim, export_clip, export_lm, load_clip
+from mm1lab.stage0.export import export_aim, export_clip, export_clip_vision, export_lm, load_clip
 from mm1lab.stage0.presets import stage0_config
 
 
@@ -129,6 +129,27 @@ def test_clip_export_matches_transformers(tmp_path, tok):
         torch.testing.assert_close(load_hf_vision(tmp_path / "clip")(images).features, clip.vision(images).features)
 
 
+def test_a_clip_vision_tower_alone_exports_as_a_transformers_clip_vision_model(tmp_path):
+    from mm1lab.stage0.ship import has_text_tower
+
+    torch.manual_seed(0)
+    clip = CLIP(stage0_config("clip", "clip-small")).eval()
+    export_clip_vision(clip, tmp_path / "vision")
+    export_clip(clip, tmp_path / "clip")
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        hf = transformers.CLIPVisionModel.from_pretrained(tmp_path / "vision").eval()
+        whole = transformers.CLIPModel.from_pretrained(tmp_path / "clip").eval()
+        torch.testing.assert_close(hf(pixel_values=images).pooler_output,
+                                   whole.vision_model(pixel_values=images).pooler_output, rtol=0, atol=0)
+        torch.testing.assert_close(load_hf_vision(tmp_path / "vision")(images).features, clip.vision(images).features)
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "vision" / "model.safetensors", "pt") as f:
+        assert f.keys() and all(k.startswith("vision_model.") for k in f.keys())   # no text tower, no projection
+    assert not has_text_tower(tmp_path / "vision") and has_text_tower(tmp_path / "clip")
+
+
 def test_aim_and_lm_exports_load_where_public_checkpoints_load(tmp_path, tok):
     torch.manual_seed(0)
     aim = AIM(stage0_config("aim", "aim-tiny")).eval()
@@ -184,7 +205,7 @@ def test_shipped_folders_build_an_mm1_model_and_stay_small():
 
     total = sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file())
     assert total <= 20 * 2**20, f"stage0/ holds {total / 2**20:.1f} MiB; the budget is 20 MB"
-    for name in ("clip-tiny", "aim-tiny-128"):
+    for name in ("clip-tiny", "aim-tiny-128", "clip-small"):   # clip-small: a CLIP's vision tower alone
         model, tokenizer = build_mm1_from_parts(SHIPPED / name, SHIPPED / "lm-tiny", dict(kind="c-abstractor",
                                                 num_tokens=16, width=64, depth=1))
         assert tokenizer.convert_tokens_to_ids("<image>") == model.cfg.image_token_id == 3

@@ -2,6 +2,8 @@
 
 - CLIP (or SigLIP-loss) -> transformers' `CLIPModel` folder: `load_hf_vision` (and `build_mm1_from_parts`) read its
   vision tower, and transformers loads the whole model without remote code.
+- A CLIP's vision tower alone -> a `CLIPVisionModel` folder (`export_clip_vision`), where the text tower is not
+  needed and would not fit the shipped folder's size budget.
 - AIM's trunk -> a `SiglipVisionModel` folder (no head). The trunk has SigLIP's vision layout: no CLS token, no
   pre-norm, a biased patch embedding, a final LayerNorm. `config.json` records `"mm1lab_objective": "aim"`.
 - The LM -> a `LlamaForCausalLM` folder with mm1lab's tokenizer (`PreTrainedTokenizerFast` files).
@@ -64,6 +66,16 @@ def export_clip(model, folder: str | Path, *, info: dict | None = None) -> Path:
     config = dict(model_type="clip", architectures=["CLIPModel"], projection_dim=cfg.embed_dim,
                   logit_scale_init_value=float(model.logit_scale.detach()), text_config=text,
                   vision_config=_vision_config(v), mm1lab_objective="clip", mm1lab_loss=cfg.loss)
+    return _write(Path(folder), config, state, _preprocessor(v), info)
+
+
+def export_clip_vision(model, folder: str | Path, *, info: dict | None = None) -> Path:
+    """Write only the vision tower of a `CLIP` as a transformers CLIPVisionModel folder: what MM1 keeps of CLIP, at
+    a fraction of the size (a shipped encoder that only the VLM reads needs no text tower)."""
+    v = model.cfg.vision
+    state = export_mapped(model.vision, HF_CLIP_VISION, depth=v.depth, patch_size=v.patch_size)
+    config = dict(model_type="clip_vision_model", architectures=["CLIPVisionModel"], **_vision_config(v),
+                  mm1lab_objective="clip", mm1lab_loss=model.cfg.loss)
     return _write(Path(folder), config, state, _preprocessor(v), info)
 
 

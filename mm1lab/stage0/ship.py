@@ -4,6 +4,8 @@ into the repository's `stage0/` folder. It is the only writer of that folder.
     stage0/
         clip-tiny/  clip-tiny-128/      CLIP encoders at 64 and 128 px (transformers CLIPModel folders)
         aim-tiny/   aim-tiny-128/       AIM trunks at 64 and 128 px (SiglipVisionModel folders)
+        clip-small/                     the larger CLIP encoder of the encoder lesson, vision tower only
+                                        (a CLIPVisionModel folder)
         lm-tiny/                        the tiny preset's LM, pre-trained on text (LlamaForCausalLM folder)
         README.md                       what each is, its scores beside chance, and how long it took
 
@@ -33,11 +35,13 @@ ATTRIBUTES = ("color", "count", "shape", "position", "text")
 
 @dataclass(frozen=True)
 class Shipped:
-    """One shipped model: its kind (clip / aim / lm), training config, and overrides of it."""
+    """One shipped model: its kind (clip / aim / lm), training config, and overrides of it. `vision_only`: ship a
+    CLIP's vision tower alone (no zero-shot scores then: they need the text tower)."""
 
     kind: str
     config: str
     overrides: tuple[str, ...] = field(default_factory=tuple)
+    vision_only: bool = False
 
 
 SHIPPED: dict[str, Shipped] = {
@@ -49,6 +53,9 @@ SHIPPED: dict[str, Shipped] = {
     # under a third of their image-text pairs. docs/stage0.md says so beside every 64-vs-128 comparison.
     "clip-tiny-128": Shipped("clip", "stage0-clip-tiny.yaml", ("model=clip-tiny-128", "steps=250")),
     "aim-tiny-128": Shipped("aim", "stage0-aim-tiny.yaml", ("model=aim-tiny-128", "steps=250")),
+    # The encoder lesson's larger size (width 96, depth 8), with the 64-px encoders' recipe. Its vision tower alone:
+    # with its text tower it would take stage0/ past 20 MB. Shipped so that the lesson need not train it (31 min).
+    "clip-small": Shipped("clip", "stage0-clip-tiny.yaml", ("model=clip-small",), vision_only=True),
 }
 SMOKE_OVERRIDES = ("steps=2", "batch_size=8", "data.seq_len=128", "optim.warmup_steps=1", "track.progress=false")
 
@@ -62,7 +69,7 @@ def score(kind: str, folder: Path, *, smoke: bool = False, attributes: tuple[str
     out: dict[str, Any] = {}
     if kind == "lm":
         return dict(text=lm_cloze(folder, n=16 if smoke else 256))
-    if kind == "clip":
+    if kind == "clip" and has_text_tower(folder):
         from mm1lab.stage0.export import load_clip
 
         clip, tok = load_clip(folder), load_tokenizer()
@@ -76,6 +83,11 @@ def score(kind: str, folder: Path, *, smoke: bool = False, attributes: tuple[str
     out["probe"] = {a: E.linear_probe(encoder, a, n_train=n_train, n_test=n_test, steps=20 if smoke else 300,
                                       kind=PROBE_KIND.get(a, "linear")) for a in attributes}
     return out
+
+
+def has_text_tower(folder: Path) -> bool:
+    """A whole CLIPModel folder (zero-shot and retrieval can be scored), not a vision tower alone."""
+    return json.loads((Path(folder) / "config.json").read_text()).get("model_type") == "clip"
 
 
 def lm_cloze(folder: Path, *, n: int) -> dict[str, float]:
@@ -122,7 +134,7 @@ def ship(names: list[str] | None = None, *, out: str | Path = ROOT / "stage0", r
                     smoke=smoke)
         if resumed_at:     # an interrupted ship resumed: the time covers only the steps trained in this call
             info["resumed_at_step"] = resumed_at
-        folder = export(spec.kind, result.model, out / name, info)
+        folder = export(spec.kind, result.model, out / name, info, vision_only=spec.vision_only)
         start = time.perf_counter()
         info["scores"] = score(spec.kind, folder, smoke=smoke)
         info["score_seconds"] = round(time.perf_counter() - start, 1)
@@ -142,13 +154,13 @@ def _checkpoint_step(run: Path) -> int:
     return int(found.name.rsplit("_", 1)[-1]) if found is not None and found.name.startswith("step_") else 0
 
 
-def export(kind: str, model, folder: Path, info: dict) -> Path:
-    """Write one trained model into `folder` in its public format."""
+def export(kind: str, model, folder: Path, info: dict, *, vision_only: bool = False) -> Path:
+    """Write one trained model into `folder` in its public format (a CLIP's vision tower alone if `vision_only`)."""
     from mm1lab.data.tokenizer import load_tokenizer
-    from mm1lab.stage0.export import export_aim, export_clip, export_lm
+    from mm1lab.stage0.export import export_aim, export_clip, export_clip_vision, export_lm
 
     if kind == "clip":
-        return export_clip(model, folder, info=info)
+        return (export_clip_vision if vision_only else export_clip)(model, folder, info=info)
     if kind == "aim":
         return export_aim(model, folder, info=info)
     return export_lm(model.lm, load_tokenizer(), folder, info=info)

@@ -70,9 +70,9 @@ def encoder_rows(folders: dict[str, Path], *, attributes: tuple[str, ...], smoke
             probe = scores["probe"][attr]
             row[f"probe/{attr}"] = probe["score"]
             row[f"chance/{attr}"] = max(probe["majority"], probe["uniform"])
-            if kind == "clip":
+            if "zero_shot" in scores:   # a CLIP shipped as its vision tower alone has no zero-shot
                 row[f"zero_shot/{attr}"] = scores["zero_shot"][attr]["score"]
-        if kind == "clip":
+        if "retrieval" in scores:
             row["retrieval_r1"] = scores["retrieval"]["score"]
         rows.append(row)
     return rows
