@@ -200,7 +200,8 @@ def test_an_encoder_the_lesson_trains_reaches_its_runs_as_an_absolute_path(tmp_p
     from mm1lab.ablate.suite import ensure_parts
 
     monkeypatch.chdir(tmp_path)
-    arms = {"clip-small-64": {"VISION_INIT": str(STAGE0 / "clip-small")}}
+    assert not (STAGE0 / "aim-small").exists()          # a stage-0 preset that stage0/ does not ship
+    arms = {"aim-small-64": {"VISION_INIT": str(STAGE0 / "aim-small")}}
     ensure_parts(arms, Path("ablate-encoder-cpu-smoke"), smoke=True, progress=lambda s: None)
-    path = Path(arms["clip-small-64"]["VISION_INIT"])
+    path = Path(arms["aim-small-64"]["VISION_INIT"])
     assert path.is_absolute() and (path / "config.json").exists(), path
