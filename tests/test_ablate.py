@@ -205,3 +205,31 @@ def test_an_encoder_the_lesson_trains_reaches_its_runs_as_an_absolute_path(tmp_p
     ensure_parts(arms, Path("ablate-encoder-cpu-smoke"), smoke=True, progress=lambda s: None)
     path = Path(arms["aim-small-64"]["VISION_INIT"])
     assert path.is_absolute() and (path / "config.json").exists(), path
+
+
+def test_publishing_one_lesson_keeps_the_others_sections(tmp_path):
+    from mm1lab.ablate.report import publish
+    from mm1lab.ablate.verdict import interval
+
+    def result(lesson: str, verdict: str, value: float) -> dict:
+        arms = list(lesson_arms(lesson, "cpu"))
+        scores = {arm: {"0shot": [value, value + 1, value - 1]} for arm in arms}
+        return dict(lesson=lesson, claim="c", paper="p", seeds=3, arms=arms, scores=scores, effects=[],
+                    intervals={a: {m: interval(v) for m, v in s.items()} for a, s in scores.items()},
+                    verdict=verdict, reason=f"planted {verdict}", seconds=60.0)
+
+    docs = tmp_path / "ablations.md"
+    docs.write_text("# Ablations\n\nhand-written text\n")
+    publish([result("data-text", "inconclusive", 40.0), result("encoder", "reproduced", 50.0)], docs,
+            images=tmp_path / "img")
+    first = docs.read_text()
+    assert first.index("### encoder") < first.index("### data-text")          # LESSONS order, not call order
+    publish([result("data-text", "not reproduced", 30.0)], docs, images=tmp_path / "img")
+    again = docs.read_text()
+    assert again.startswith("# Ablations\n\nhand-written text\n")
+    encoder = first[first.index("### encoder"):first.index("### data-text")]
+    assert encoder in again and "| encoder | reproduced | planted reproduced |" in again   # kept as it was
+    assert "| data-text | not reproduced | planted not reproduced |" in again and "planted inconclusive" not in again
+    assert again.count("### data-text") == 1 and "30.0 [" in again
+    publish([], docs, images=tmp_path / "img")
+    assert docs.read_text() == again                                           # republishing nothing changes nothing

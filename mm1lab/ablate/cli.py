@@ -68,7 +68,8 @@ def add_ablate_commands(subparsers) -> None:
     p.add_argument("--smoke", action="store_true", help="every run in SMOKE mode (for tests)")
     p.add_argument("--vision", help="gpu scale: the encoder folder the arms start from (a public CLIP)")
     p.add_argument("--lm", help="gpu scale: the LM folder the arms start from (a public Llama-family LM)")
-    p.add_argument("--publish", action="store_true", help="write the lessons into docs/ablations.md")
+    p.add_argument("--publish", action="store_true", help="write these lessons into docs/ablations.md (lessons "
+                                                          "published before and not run here keep their sections)")
     p.add_argument("--json", action="store_true", help="also print the results as JSON")
     p.set_defaults(func=_ablate)
 

@@ -66,21 +66,41 @@ def plot_lesson(result: dict[str, Any]):
 
 
 def publish(results: list[dict[str, Any]], docs: str | Path, *, images: str | Path) -> Path:
-    """Write the lessons' sections, figures and a verdict table into docs/ablations.md (between its markers)."""
+    """Write the lessons' sections, figures and verdict rows into docs/ablations.md, between its markers. A lesson
+    published before and not in `results` keeps its row and section, so one lesson can be rerun and republished
+    alone; lessons stay in `LESSONS` order."""
+    from mm1lab.ablate.lessons import LESSONS
+
     docs, images = Path(docs), Path(images)
     images.mkdir(parents=True, exist_ok=True)
-    sections, rows = [], ["| lesson | verdict | why |", "| --- | --- | --- |"]
-    for r in results:
-        name = f"ablation_{r['lesson']}.png"
-        plot_lesson(r).savefig(images / name, dpi=110, bbox_inches="tight")
-        sections.append(lesson_markdown(r, figure=f"img/{name}"))
-        rows.append(f"| {r['lesson']} | {r['verdict']} | {r['reason']} |")
-    body = "\n".join(rows) + "\n\n" + "\n".join(sections)
     begin, end = "<!-- lessons: begin (written by mm1lab ablate --publish) -->", "<!-- lessons: end -->"
     text = docs.read_text() if docs.exists() else f"# Ablations\n\n{begin}\n{end}\n"
     if begin not in text:
         text += f"\n{begin}\n{end}\n"
     head, rest = text.split(begin, 1)
-    tail = rest.split(end, 1)[1] if end in rest else ""
+    old, tail = rest.split(end, 1) if end in rest else (rest, "")
+    rows, sections = _published(old)
+    for r in results:
+        name = f"ablation_{r['lesson']}.png"
+        plot_lesson(r).savefig(images / name, dpi=110, bbox_inches="tight")
+        sections[r["lesson"]] = lesson_markdown(r, figure=f"img/{name}")
+        rows[r["lesson"]] = f"| {r['lesson']} | {r['verdict']} | {r['reason']} |"
+    order = [n for n in LESSONS if n in sections] + [n for n in sections if n not in LESSONS]
+    table = ["| lesson | verdict | why |", "| --- | --- | --- |"] + [rows[n] for n in order if n in rows]
+    body = "\n".join(table) + "\n\n" + "\n".join(sections[n] for n in order)
     docs.write_text(f"{head}{begin}\n{body}\n{end}{tail}")
     return docs
+
+
+def _published(block: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The verdict rows and the sections (from its `### lesson` heading on) already between the markers."""
+    rows, sections, current = {}, {}, None
+    for line in block.strip("\n").split("\n"):
+        if line.startswith("### "):
+            current = line[4:].strip()
+            sections[current] = line + "\n"
+        elif current is not None:
+            sections[current] += line + "\n"
+        elif line.startswith("| ") and not line.startswith(("| lesson |", "| --- |")):
+            rows[line.split("|")[1].strip()] = line
+    return rows, {name: text.rstrip("\n") + "\n" for name, text in sections.items()}   # as lesson_markdown ends
