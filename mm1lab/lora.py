@@ -249,6 +249,11 @@ def quantize_layers(model: nn.Module, names: list[str]) -> None:
                                      quant_type="nf4")
         if linear.bias is not None:
             q.bias = nn.Parameter(linear.bias.data, requires_grad=False)
+        # On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks the 4-bit weight in place at the first eval-mode
+        # forward. The repacking needs in_features to be a multiple of the 64-value block, which the tiny presets'
+        # layers are not (it raises), and it changes `weight.data`, which `dequantize` and the checkpoint read. One
+        # layout on every CPU instead.
+        q.support_avx512bf16_for_cpu = False
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, q.to(linear.weight.device))   # .to() quantizes
 

@@ -234,3 +234,19 @@ def test_bench_counts_what_lora_trains_exactly():
     row = state_bytes(model, make_optimizer(model), make_batch(tiny_config(), batch=2, text_tokens=6))
     assert row["trainable_params"] == adapters and row["grads_mib"] * MIB == 4 * adapters
     assert row["adamw_mib"] * MIB == 2 * 4 * adapters + 4 * 2 * len(layers)   # exp_avg, exp_avg_sq; a step per tensor
+
+
+def test_a_4bit_layer_keeps_its_weight_layout_through_an_eval_forward():
+    """bitsandbytes repacks 4-bit weights in place for its AVX512-BF16 CPU kernel (and fails on small layers); the
+    layers mm1lab quantizes keep the one layout that `dequantize` and checkpoints read, on every CPU."""
+    pytest.importorskip("bitsandbytes")
+    from mm1lab.lora import dequantize, quantize_layers
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 16))
+    quantize_layers(model, ["0"])
+    codes, weight = model[0].weight.data.clone(), dequantize(model[0])
+    with torch.no_grad():
+        out = model.eval()(torch.randn(2, 32))
+    assert torch.equal(model[0].weight.data, codes) and torch.equal(dequantize(model[0]), weight)
+    assert out.shape == (2, 16)
