@@ -18,12 +18,10 @@ them a reference changes only when an output does.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -117,21 +115,6 @@ def clean(nb):
     return nb
 
 
-@contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    """Set environment variables (the kernel inherits them), restoring the old values afterwards."""
-    previous = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def generate(names: Iterable[str] | None = None, *, kernel: str | None = None) -> list[Path]:
     """Execute each named notebook (all of CHEAP by default) in SMOKE mode and write its reference.
 
@@ -142,7 +125,7 @@ def generate(names: Iterable[str] | None = None, *, kernel: str | None = None) -
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from mm1lab.runner import DEFAULT_KERNEL, resolve_kernel
+    from mm1lab.runner import DEFAULT_KERNEL, kernel_environ, resolve_kernel
 
     names = list(names or CHEAP)
     unknown = [n for n in names if n not in CHEAP]
@@ -154,7 +137,7 @@ def generate(names: Iterable[str] | None = None, *, kernel: str | None = None) -
     written = []
     # The RUN_DIRs of these runs go to a scratch $TMPDIR, removed afterwards.
     with tempfile.TemporaryDirectory(prefix="mm1lab-refs-") as scratch, \
-            _environ(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TMPDIR=scratch):
+            kernel_environ(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TMPDIR=scratch):
         for name in names:
             print(f"mm1lab: running {name} in SMOKE mode for its reference", file=sys.stderr, flush=True)
             try:

@@ -281,6 +281,22 @@ def run_notebook(
 
 
 @contextlib.contextmanager
+def kernel_environ(**values: str):
+    """Set environment variables for the kernels started inside the block (they inherit them, e.g. a thread count),
+    restoring the old values afterwards."""
+    previous = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
 def _log_outputs(path: Path):
     """papermill's stream of the notebook's outputs (log_output=True) into the run's log, not the terminal."""
     import logging

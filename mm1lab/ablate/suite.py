@@ -17,7 +17,6 @@ the lesson needs but stage0/ does not ship is trained once, into the lesson fold
 from __future__ import annotations
 
 import ast
-import contextlib
 import json
 import multiprocessing
 import os
@@ -195,30 +194,16 @@ def _execute(todo: list[dict[str, Any]], jobs: int, threads: str):
 
 def _run_one(job: dict[str, Any], threads: str) -> tuple[str, float]:
     """One arm x seed as a papermill run of 02_pretrain, its kernel on `threads` threads; (status, seconds)."""
-    from mm1lab.runner import DEFAULT_KERNEL, run_notebook
+    from mm1lab.runner import DEFAULT_KERNEL, kernel_environ, run_notebook
 
     t0 = time.perf_counter()
-    with _environ(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads):   # the kernel's torch reads them as it starts
+    with kernel_environ(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads):   # read by the kernel's torch
         result = run_notebook(NOTEBOOK, job["params"], out_root=job["lesson_dir"], smoke=job["smoke"],
                               folder=job["folder"], kernel=job["kernel"] or DEFAULT_KERNEL, live=job["label"],
                               extra_index={**job["index"], "threads": int(threads)})
     status = Path(job["folder"]) / "status.json"
     status.write_text(json.dumps({**json.loads(status.read_text()), "threads": int(threads)}, indent=2) + "\n")
     return result.status, time.perf_counter() - t0
-
-
-@contextlib.contextmanager
-def _environ(**values: str):
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def collect(lesson_dir: Path, arms: dict[str, Any], seeds: int) -> tuple[Scores, list[str]]:
