@@ -89,9 +89,16 @@ class Difficulty:
         return 3 if self.max_objects <= 6 else 4
 
     def key(self) -> str:
-        """Short stable hash of every knob, for cache paths."""
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True) + f"v{RENDER_VERSION}"
-        return f"{self.name}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
+        """Short stable hash of every knob, for cache paths and sample seeds."""
+        return _difficulty_key(self)
+
+
+@lru_cache(maxsize=64)
+def _difficulty_key(d: Difficulty) -> str:
+    # Cached: every sample seeds its randomness with this key, and hashing the knobs afresh each time (asdict, JSON,
+    # SHA-1) took ~5% of a demo SFT step (cProfile). A frozen Difficulty is hashable, so equal knobs share one entry.
+    blob = json.dumps(dataclasses.asdict(d), sort_keys=True) + f"v{RENDER_VERSION}"
+    return f"{d.name}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
 
 DIFFICULTIES = {
