@@ -15,7 +15,7 @@ from mm1lab.model import MM1Model
 from mm1lab.pretrained import load_hf_lm, load_hf_vision
 from mm1lab.stage0.aim import AIM, patch_targets, prefix_causal_mask
 from mm1lab.stage0.clip import CLIP, clip_loss, siglip_loss
-from mm1lab.stage0.data import caption_of, encode_captions
+from mm1lab.stage0.data import PairCollator, caption_of, encode_captions, swap_shape
 from mm1lab.stage0.export import export_aim, export_clip, export_clip_vision, export_lm, load_clip
 from mm1lab.stage0.presets import stage0_config
 
@@ -33,6 +33,64 @@ def test_siglip_loss_is_the_pairwise_sigmoid_written_out():
     log_sigmoid = lambda x: -math.log1p(math.exp(-x))   # noqa: E731
     expected = -(log_sigmoid(2.0) + log_sigmoid(0.5) + log_sigmoid(-0.3) + log_sigmoid(1.0)) / 2
     assert siglip_loss(logits).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_hard_negatives_widen_only_the_image_to_text_choice():
+    logits = torch.tensor([[2.0, 0.5, 1.8], [0.1, 1.5, -3.0]])       # 2 pairs, then one hard negative text
+    def nll(row, i):
+        return -math.log(math.exp(row[i]) / sum(math.exp(x) for x in row))
+    rows, cols = logits.tolist(), logits[:, :2].T.tolist()
+    expected = ((nll(rows[0], 0) + nll(rows[1], 1)) / 2 + (nll(cols[0], 0) + nll(cols[1], 1)) / 2) / 2
+    assert clip_loss(logits).item() == pytest.approx(expected, rel=1e-6)
+    assert clip_loss(logits) > clip_loss(logits[:, :2])              # a close negative costs the first image
+    log_sigmoid = lambda x: -math.log1p(math.exp(-x))   # noqa: E731
+    negatives = -(log_sigmoid(-1.8) + log_sigmoid(3.0)) / 2          # the extra column is -1 for both images
+    assert siglip_loss(logits).item() == pytest.approx(siglip_loss(logits[:, :2]).item() + negatives, rel=1e-6)
+
+
+def test_a_hard_negative_swaps_exactly_one_shape_word():
+    import random
+
+    caption = "Two shapes. At the top left there is a large red circle. At the right there are two red squares."
+    shapes = ("circle", "square", "triangle")
+    seen = set()
+    for seed in range(40):
+        swapped = swap_shape(caption, shapes, random.Random(seed))
+        changed = [(a, b) for a, b in zip(caption.split(), swapped.split()) if a != b]
+        assert len(changed) == 1 and len(swapped.split()) == len(caption.split())
+        old, new = changed[0]
+        assert old.rstrip(".s") in shapes and new.rstrip(".s") in shapes and old.rstrip(".s") != new.rstrip(".s")
+        assert old.rstrip(".").endswith("s") == new.rstrip(".").endswith("s")   # plurals stay plural
+        seen.add(changed[0])
+    assert len(seen) == 4                          # either word, either other shape
+    assert swap_shape("The image shows two shapes on a black background.", shapes, random.Random(0)) is None
+
+
+def test_pair_collator_appends_one_negative_per_caption_that_names_a_shape(tok):
+    from mm1lab.data.sample import Sample
+    from mm1lab.stage0.config import CLIPConfig
+
+    cfg = CLIPConfig(vision=dict(image_size=32, patch_size=8, width=32, depth=1, heads=2, act="gelu"))
+    image = __import__("PIL.Image").Image.new("RGB", (32, 32))
+    samples = [Sample.pretrain("caption", f"Caption: {text}", [image], id=f"caption-{i}")
+               for i, text in enumerate(["a red circle", "my drawing", "two blue squares"])]
+    plain = PairCollator(tok, cfg.vision, cfg.text)(samples)
+    batch = PairCollator(tok, cfg.vision, cfg.text, ("circle", "square"))(samples)
+    assert batch["pairs"] == plain["pairs"] == 3 and len(plain["ids"]) == 3
+    assert len(batch["ids"]) == 5                  # "my drawing" names no shape
+    texts = [tok.decode([t for t in row.tolist() if t not in (0, cfg.text.eot_token_id)]) for row in batch["ids"]]
+    assert texts[3].replace(" ", "") == "aredsquare" and texts[4].replace(" ", "") == "twobluecircles"
+    again = PairCollator(tok, cfg.vision, cfg.text, ("circle", "square"))(samples)
+    assert torch.equal(again["ids"], batch["ids"])  # drawn from the sample ids: a resumed run makes the same ones
+    clip = CLIP(cfg)
+    out = clip(batch["images"], batch["ids"])
+    assert out.logits.shape == (3, 5) and torch.isfinite(out.loss)
+
+
+def test_a_stage0_preset_takes_changed_fields():
+    cfg = stage0_config("clip", {"preset": "clip-tiny", "hard_negatives": True})
+    assert cfg.hard_negatives and cfg.vision == stage0_config("clip", "clip-tiny").vision
+    assert not stage0_config("clip", "clip-tiny").hard_negatives
 
 
 def test_contrastive_losses_reward_the_matching_pairs():

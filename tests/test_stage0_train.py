@@ -30,10 +30,12 @@ def _one_thread(one_thread):
     """Every test here runs on one intra-op thread (conftest's `one_thread`)."""
 
 
-@pytest.mark.parametrize("stage", ["clip", "aim"])
+@pytest.mark.parametrize("stage", ["clip", "clip+negatives", "aim"])
 def test_stage0_objective_resumes_bit_exactly(tmp_path, stage, monkeypatch):
-    whole = train(run(tmp_path / "whole", stage))
-    cut = run(tmp_path / "cut", stage)
+    stage, _, negatives = stage.partition("+")
+    over = dict(model=dict(SMALL_CLIP, hard_negatives=True)) if negatives else {}
+    whole = train(run(tmp_path / "whole", stage, **over))
+    cut = run(tmp_path / "cut", stage, **over)
     monkeypatch.setenv("MM1LAB_FAULT", "sigint@train:4")   # Ctrl-C during step 4: checkpoint, stop
     assert train(cut).status == "interrupted"
     monkeypatch.delenv("MM1LAB_FAULT")

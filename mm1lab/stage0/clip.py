@@ -94,7 +94,8 @@ class CLIP(nn.Module):
         return logits if self.logit_bias is None else logits + self.logit_bias
 
     def forward(self, images: Tensor, ids: Tensor) -> CLIPOutput:
-        """Embed b images and their b captions (pair i is image i with caption i) and compute the loss."""
+        """Embed b images and their b captions (pair i is image i with caption i) and compute the loss. Rows of `ids`
+        past the b-th are extra captions that match no image (hard negatives)."""
         image_embeds, text_embeds = self.encode_images(images), self.encode_text(ids)
         logits = self.similarity(image_embeds, text_embeds)
         loss = clip_loss(logits) if self.cfg.loss == "clip" else siglip_loss(logits)
@@ -113,13 +114,17 @@ def init_fan_in(model: nn.Module) -> None:
 
 
 def clip_loss(logits: Tensor) -> Tensor:
-    """Symmetric InfoNCE: the mean of image->text and text->image cross-entropy, the diagonal being the targets."""
-    targets = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(rearrange(logits, 'i t -> t i'), targets)) / 2
+    """Symmetric InfoNCE: the mean of image->text and text->image cross-entropy, the diagonal being the targets.
+
+    logits (b, t) with t >= b: texts past the b-th are hard negatives. As in NegCLIP they widen each image's choice
+    (image -> text) and are not scored text -> image, since no image is theirs."""
+    b = len(logits)
+    targets = torch.arange(b, device=logits.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(rearrange(logits[:, :b], 'i t -> t i'), targets)) / 2
 
 
 def siglip_loss(logits: Tensor) -> Tensor:
     """SigLIP: -log sigmoid(z_ij * logit_ij) with z = +1 on the diagonal and -1 elsewhere, summed over pairs and
-    averaged over images (the paper's normalisation)."""
-    labels = 2 * torch.eye(len(logits), device=logits.device, dtype=logits.dtype) - 1
+    averaged over images (the paper's normalisation). Texts past the b-th (hard negatives) are -1 for every image."""
+    labels = 2 * torch.eye(*logits.shape, device=logits.device, dtype=logits.dtype) - 1
     return -F.logsigmoid(labels * logits).sum() / len(logits)

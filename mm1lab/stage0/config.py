@@ -65,6 +65,10 @@ class CLIPConfig:
     init_temperature: float = 0.07    # CLIP's initial softmax temperature (logit scale 1 / 0.07)
     init_bias: float = -10.0          # SigLIP's initial bias: at init, most pairs are negatives
     max_logit_scale: float = 100.0    # CLIP clamps the learned scale here
+    # NegCLIP's hard negatives (Yuksekgonul et al., 2023): every caption that names a shape also enters the batch with
+    # one shape word swapped, as a negative for its own image. On ShapeWorld's easy world colour, count and place tell
+    # a batch's captions apart, so without them the encoder learns shape weakly (docs/stage0.md).
+    hard_negatives: bool = False
     name: str = "clip"
 
     def __post_init__(self) -> None:

@@ -7,6 +7,8 @@ caption, tokenizes it with mm1lab's tokenizer and ends it with `<|end|>`, the te
 
 from __future__ import annotations
 
+import random
+import re
 from collections import Counter
 from typing import Any
 
@@ -43,11 +45,26 @@ def _skipped(samples: list[Sample]) -> dict[str, int]:
     return dict(total)
 
 
-class PairCollator:
-    """Caption samples -> {images (b, 3, H, W), ids (b, n), stream, skipped}; one image per sample."""
+def swap_shape(caption: str, shapes: tuple[str, ...], rng: random.Random) -> str | None:
+    """`caption` with one shape word (singular or plural) replaced by another of `shapes`, or None when it names
+    none: a hard negative that only an encoder which sees shape can tell from the true caption."""
+    found = list(re.finditer(rf"\b({'|'.join(map(re.escape, shapes))})(s?)\b", caption))
+    if not found or len(shapes) < 2:
+        return None
+    word = rng.choice(found)
+    other = rng.choice([s for s in shapes if s != word.group(1)])
+    return caption[:word.start()] + other + word.group(2) + caption[word.end():]
 
-    def __init__(self, tokenizer, vision: VisionConfig, text: TextConfig):
+
+class PairCollator:
+    """Caption samples -> {images (b, 3, H, W), ids (b + m, n), pairs b, stream, skipped}; one image per sample.
+
+    `negative_shapes`: also add, after the b captions, each caption with one of these shape words swapped (m of
+    them; `swap_shape`), drawn from the sample's id, so a resumed run makes the same ones."""
+
+    def __init__(self, tokenizer, vision: VisionConfig, text: TextConfig, negative_shapes: tuple[str, ...] = ()):
         self.tokenizer, self.vision, self.text = tokenizer, vision, text
+        self.negative_shapes = tuple(negative_shapes)
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
         skipped = _skipped(samples)                       # the end-of-stream tally carries skips, nothing to encode
@@ -58,7 +75,12 @@ class PairCollator:
                                  "takes caption samples with one image each (streams caption / dense)")
         v = self.vision
         images = torch.stack([preprocess_image(s.images[0], v.image_size, v.image_mean, v.image_std) for s in samples])
-        return dict(images=images, ids=encode_captions(self.tokenizer, [caption_of(s) for s in samples], self.text),
+        captions = [caption_of(s) for s in samples]
+        if self.negative_shapes:
+            swapped = (swap_shape(c, self.negative_shapes, random.Random(f"negative:{s.id}"))
+                       for c, s in zip(captions, samples))
+            captions += [c for c in swapped if c is not None]
+        return dict(images=images, ids=encode_captions(self.tokenizer, captions, self.text), pairs=len(samples),
                     stream=[s.stream for s in samples], skipped=skipped)
 
 

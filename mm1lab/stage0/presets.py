@@ -40,15 +40,22 @@ CONFIGS = {"clip": CLIPConfig, "aim": AIMConfig}
 
 
 def stage0_config(objective: str, spec: str | dict[str, Any]) -> CLIPConfig | AIMConfig:
-    """The config of a stage-0 `objective` ("clip" or "aim") from a preset name or a config dict."""
+    """The config of a stage-0 `objective` ("clip" or "aim") from a preset name or a config dict. A dict with a
+    `preset` key changes that preset's fields, e.g. {preset: clip-tiny, hard_negatives: true}."""
     if objective not in CONFIGS:
         raise ConfigError(f"no stage-0 objective {objective!r}; choose one of {', '.join(CONFIGS)}")
-    if isinstance(spec, str):
-        if spec not in STAGE0_PRESETS or STAGE0_PRESETS[spec]["objective"] != objective:
-            names = [n for n, p in STAGE0_PRESETS.items() if p["objective"] == objective]
-            raise ConfigError(f"unknown {objective} preset {spec!r}; choose one of {', '.join(names)}")
-        spec = {k: v for k, v in plain(STAGE0_PRESETS[spec]).items() if k != "objective"}
+    if isinstance(spec, dict) and "preset" in spec:
+        spec = {**_preset(objective, spec["preset"]), **{k: v for k, v in spec.items() if k != "preset"}}
+    elif isinstance(spec, str):
+        spec = _preset(objective, spec)
     return CONFIGS[objective].from_dict(spec)
+
+
+def _preset(objective: str, name: str) -> dict[str, Any]:
+    if name not in STAGE0_PRESETS or STAGE0_PRESETS[name]["objective"] != objective:
+        names = [n for n, p in STAGE0_PRESETS.items() if p["objective"] == objective]
+        raise ConfigError(f"unknown {objective} preset {name!r}; choose one of {', '.join(names)}")
+    return {k: v for k, v in plain(STAGE0_PRESETS[name]).items() if k != "objective"}
 
 
 def vision_of(preset: str) -> VisionConfig:

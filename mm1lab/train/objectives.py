@@ -178,14 +178,15 @@ class CLIPObjective(Objective):
         from mm1lab.train.shapeworld_data import build_source
 
         v = self.model_cfg.vision
-        return build_source(cfg, v.image_size), PairCollator(load_data_tokenizer(), v, self.model_cfg.text)
+        shapes = negative_shapes(cfg.data) if self.model_cfg.hard_negatives else ()
+        return build_source(cfg, v.image_size), PairCollator(load_data_tokenizer(), v, self.model_cfg.text, shapes)
 
     def loss(self, forward, mb, device, n_micro):
         out = forward(mb["images"].to(device), mb["ids"].to(device))
         targets = torch.arange(len(out.logits), device=out.logits.device)
         accuracy = (out.logits.argmax(1) == targets).float().mean().item()   # in-batch image -> text top-1
         module = getattr(forward, "module", forward)
-        stats = dict(tokens=int((mb["ids"] != 0).sum()), images=len(mb["images"]),
+        stats = dict(tokens=int((mb["ids"][:len(mb["images"])] != 0).sum()), images=len(mb["images"]),
                      logit_scale=module.logit_scale.exp().item() / n_micro, accuracy=accuracy / n_micro)
         return StepLoss(mean=out.loss, aux=out.loss.new_zeros(()), stats=stats)
 
@@ -212,6 +213,17 @@ class AIMObjective(Objective):
     def loss(self, forward, mb, device, n_micro):
         out = forward(mb["images"].to(device))
         return StepLoss(mean=out.loss, aux=out.loss.new_zeros(()), stats=dict(tokens=0, images=len(mb["images"])))
+
+
+def negative_shapes(data) -> tuple[str, ...]:
+    """The shape words a hard negative may swap in: those of every ShapeWorld world in the mixture, or all of
+    ShapeWorld's for real captions (which rarely name them)."""
+    from mm1lab.data.shapeworld import SHAPES, get_difficulty
+
+    if data.source != "shapeworld":
+        return SHAPES
+    worlds = {data.difficulty} | {key.split(":")[0] for key in data.mixture if ":" in key}
+    return tuple(s for s in SHAPES if any(s in get_difficulty(w).shape_names for w in worlds))
 
 
 def load_data_tokenizer():
