@@ -169,6 +169,46 @@ def test_zero_shot_picks_the_planted_answer():
     assert result["score"] > max(result["majority"], result["uniform"]) + 0.3
 
 
+def test_shape_swap_scores_an_encoder_that_sees_shapes_and_one_that_does_not():
+    """Rigged towers: a text embeds as a random unit vector seeded by its words; an image embeds as its scene's dense
+    caption would. Seeing shapes, the true caption always wins. Blind to them (shape words dropped before seeding,
+    on both sides), the true and swapped captions tie, and a tie is not a win."""
+    import hashlib
+    import re
+
+    from mm1lab.data.shapeworld import SHAPES, ShapeWorld
+    from mm1lab.data.text import dense_caption
+    from mm1lab.stage0 import evaluate as E
+
+    tokenizer, cfg = load_tokenizer(), stage0_config("clip", "clip-tiny")
+
+    def embed(text: str, sees_shapes: bool) -> torch.Tensor:
+        key = "".join(tokenizer.decode(tokenizer.encode(text)).split())
+        if not sees_shapes:
+            key = re.sub("|".join(SHAPES), "", key)
+        g = torch.Generator().manual_seed(int(hashlib.sha1(key.encode()).hexdigest()[:12], 16))
+        return F.normalize(torch.randn(64, generator=g), dim=0)
+
+    class Rigged(torch.nn.Module):
+        def __init__(self, sees_shapes: bool):
+            super().__init__()
+            self.cfg, self.sees, world = cfg, sees_shapes, ShapeWorld("easy", 64)
+            self.scenes = {}
+            for s in (E.STAGE0_EVAL_BASE + 2 * E.PROBE_TRAIN_OFFSET + i for i in range(12)):
+                pixels = E.preprocess_image(world.image(s), 64, cfg.vision.image_mean, cfg.vision.image_std)
+                self.scenes[pixels.numpy().tobytes()] = dense_caption(world.scene(s))
+
+        def encode_images(self, images):
+            return torch.stack([embed(self.scenes[x.numpy().tobytes()], self.sees) for x in images])
+
+        def encode_text(self, ids):
+            rows = [[t for t in row.tolist() if t not in (0, cfg.text.eot_token_id)] for row in ids]
+            return torch.stack([embed(tokenizer.decode(row), self.sees) for row in rows])
+
+    assert E.shape_swap(Rigged(sees_shapes=True), tokenizer, n=12)["score"] == 1.0
+    assert E.shape_swap(Rigged(sees_shapes=False), tokenizer, n=12)["score"] == 0.0
+
+
 @pytest.fixture(scope="module")
 def tok():
     return load_tokenizer()

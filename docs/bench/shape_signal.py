@@ -7,14 +7,13 @@
 1. Variance shares: on held-out easy-world scenes with one object, the share of the features' variance that the
    object's shape, colour and place explain (between-class over total variance), for the patches flattened and
    for their mean. `FOLDER@-2` reads an encoder at its second-to-last block.
-2. `--negatives`: how often a CLIP embeds an image closer to its caption than to the caption with one shape word
-   swapped (`mm1lab.stage0.data.swap_shape`), on held-out dense captions and alt-text.
+2. `--negatives`: how often a CLIP embeds an image closer to its dense caption than to the caption with one shape
+   word swapped (`mm1lab.stage0.evaluate.shape_swap`, also in `mm1lab stage0 eval`).
 """
 
 from __future__ import annotations
 
 import argparse
-import random
 
 import torch
 from einops import rearrange
@@ -70,24 +69,12 @@ def readers(path: str) -> dict[str, tuple]:
 
 
 def negatives(path: str, n: int = 256) -> None:
-    from mm1lab.data.streams import ShapeWorldStreams
     from mm1lab.data.tokenizer import load_tokenizer
-    from mm1lab.stage0.data import caption_of, encode_captions, swap_shape
+    from mm1lab.stage0.evaluate import shape_swap
     from mm1lab.stage0.export import load_clip
 
-    clip, tok, streams = load_clip(path).eval(), load_tokenizer(), ShapeWorldStreams("easy", 64)
-    v = clip.cfg.vision
-    for kind in ("dense", "caption"):
-        samples = [getattr(streams, kind)(STAGE0_EVAL_BASE + i) for i in range(n)]
-        pairs = [(s, swap_shape(caption_of(s), ("circle", "square", "triangle"), random.Random(i)))
-                 for i, s in enumerate(samples)]
-        pairs = [(s, neg) for s, neg in pairs if neg]
-        images = torch.stack([preprocess_image(s.images[0], v.image_size, v.image_mean, v.image_std) for s, _ in pairs])
-        image = clip.encode_images(images)
-        true = clip.encode_text(encode_captions(tok, [caption_of(s) for s, _ in pairs], clip.cfg.text))
-        swapped = clip.encode_text(encode_captions(tok, [neg for _, neg in pairs], clip.cfg.text))
-        won = ((image * true).sum(1) > (image * swapped).sum(1)).float().mean()
-        print(f"{path:30s} {kind:8s} true caption over its shape-swapped twin: {won:.3f} of {len(pairs)}")
+    result = shape_swap(load_clip(path), load_tokenizer(), n=n)
+    print(f"{path:30s} true dense caption over its shape-swapped twin: {result['score']:.3f} of {n} (chance 0.5)")
 
 
 def main() -> None:

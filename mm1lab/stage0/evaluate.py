@@ -2,6 +2,8 @@
 
 - `zero_shot(clip, ...)`: CLIP classifies an attribute from text prompts alone (no training on the labels).
 - `retrieval(clip, ...)`: image -> caption R@1 among N held-out scenes and their dense captions (chance 1/N).
+- `shape_swap(clip, ...)`: how often the image prefers its dense caption to the same caption with one shape word
+  swapped (NegCLIP's test of binding; chance 0.5).
 - `linear_probe(encoder, ...)`: a classifier on the frozen patch features, for any encoder, CLIP or AIM. "linear"
   reads every patch in place (so where things are is readable); "attention" pools the patches with learned
   attention first, so it can read a word wherever the sign stands. This is what MM1's connector builds on.
@@ -124,6 +126,29 @@ def retrieval(clip, tokenizer, *, n: int = 256, world: str = "easy", resolution:
     texts = clip.encode_text(encode_captions(tokenizer, [dense_caption(sw.scene(s)) for s in seeds], clip.cfg.text))
     hits = (clip.encode_images(images) @ texts.T).argmax(1) == torch.arange(n)
     return dict(score=hits.float().mean().item(), n=n, uniform=1 / n)
+
+
+@torch.no_grad()
+def shape_swap(clip, tokenizer, *, n: int = 256, world: str = "easy",
+               resolution: int | None = None) -> dict[str, float]:
+    """How often CLIP embeds a held-out scene closer to its dense caption than to the same caption with one shape
+    word swapped (`mm1lab.stage0.data.swap_shape`): does it bind shapes to their places? Chance 0.5."""
+    import random
+
+    from mm1lab.stage0.data import encode_captions, swap_shape
+
+    v = clip.cfg.vision
+    size = resolution or v.image_size
+    sw, shapes = ShapeWorld(world, size), get_difficulty(world).shape_names
+    seeds = [STAGE0_EVAL_BASE + 2 * PROBE_TRAIN_OFFSET + i for i in range(n)]     # retrieval's scenes
+    captions = [dense_caption(sw.scene(s)) for s in seeds]                         # each names every object
+    swapped = [swap_shape(c, shapes, random.Random(f"swap:{s}")) for c, s in zip(captions, seeds)]
+    images = torch.stack([preprocess_image(sw.image(s), size, v.image_mean, v.image_std) for s in seeds])
+    clip.eval()
+    image = clip.encode_images(images)
+    true, false = (clip.encode_text(encode_captions(tokenizer, texts, clip.cfg.text)) for texts in (captions, swapped))
+    wins = (image * true).sum(1) > (image * false).sum(1)
+    return dict(score=wins.float().mean().item(), n=n, uniform=0.5)
 
 
 @torch.no_grad()

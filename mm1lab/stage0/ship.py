@@ -75,6 +75,7 @@ def score(kind: str, folder: Path, *, smoke: bool = False, attributes: tuple[str
         clip, tok = load_clip(folder), load_tokenizer()
         out["zero_shot"] = {a: E.zero_shot(clip, tok, a, n=n) for a in attributes}
         out["retrieval"] = E.retrieval(clip, tok, n=n)
+        out["shape_swap"] = E.shape_swap(clip, tok, n=n)
         encoder = clip.vision
     else:
         from mm1lab.pretrained import load_hf_vision
