@@ -47,10 +47,16 @@ def corpus_run(out_dir, **over) -> dict:
     return tiny_run(out_dir, model="tiny", data=data, **over)
 
 
-RUNS = {"synthetic": tiny_run, "files": corpus_run}
+def muon_run(out_dir, **over) -> dict:
+    """The synthetic run with Muon on the LM's and connector's matrices (momentum state on those, AdamW's on the
+    rest)."""
+    return tiny_run(out_dir, optim=dict(name="muon"), **over)
 
 
-RESUME_CASES = [("synthetic", 0, 1), ("synthetic", 1, 1), ("synthetic", 2, 1), ("files", 2, 1),
+RUNS = {"synthetic": tiny_run, "files": corpus_run, "muon": muon_run}
+
+
+RESUME_CASES = [("synthetic", 0, 1), ("synthetic", 1, 1), ("synthetic", 2, 1), ("files", 2, 1), ("muon", 0, 1),
                 pytest.param("synthetic", 2, 2, marks=pytest.mark.slow, id="synthetic-2ranks-2workers")]
 
 
@@ -70,8 +76,11 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted_run(tmp_path, so
     a, b = (load_checkpoint(tmp_path / name) for name in ("whole", "killed"))
     assert a.step == b.step == 10
     assert all(torch.equal(a.weights[k], b.weights[k]) for k in a.weights)                  # bit-exact
-    assert all(torch.equal(x, y) for x, y in zip(a.optimizer["state"]["lm.embed.weight"].values(),
-                                                 b.optimizer["state"]["lm.embed.weight"].values()))
+    for name in ("lm.embed.weight", "lm.layers.0.attn.q_proj.weight"):      # AdamW's state; Muon's, with "muon"
+        assert all(torch.equal(x, y) for x, y in zip(a.optimizer["state"][name].values(),
+                                                     b.optimizer["state"][name].values()))
+    if source == "muon":
+        assert set(a.optimizer["state"]["lm.layers.0.attn.q_proj.weight"]) == {"momentum_buffer"}
     la, lb = ([r["loss"] for r in read_metrics(tmp_path / name)] for name in ("whole", "killed"))
     assert la == lb and len(la) == 10   # metrics.jsonl reads as one run (step 7's first record was dropped)
 

@@ -53,8 +53,11 @@ def parse_model(objective: str, spec: str | dict[str, Any]) -> Any:
 
 @dataclass(kw_only=True)
 class OptimConfig:
-    """AdamW + linear warmup + cosine decay. `lr=None` uses MM1's rule for the model's parameter count."""
+    """AdamW + linear warmup + cosine decay. `lr=None` uses MM1's rule for the model's parameter count.
+    `name: muon`: Muon on the hidden weight matrices of `muon_parts`, AdamW on the rest (mm1lab.train.muon)."""
 
+    name: str = "adamw"                     # adamw (MM1's) | muon
+    muon_parts: tuple[str, ...] = ("lm", "connector")
     lr: float | None = None                 # peak LR; None: exp(-0.4214 ln N - 0.5535)
     weight_decay: float | None = None       # None: 0.1 x peak LR (MM1); decoupled (AdamW)
     betas: tuple[float, float] = (0.9, 0.95)
@@ -65,7 +68,8 @@ class OptimConfig:
     lr_scale: dict[str, float] = field(default_factory=dict)   # per part, multiplies the peak LR
 
     def __post_init__(self) -> None:
-        self.betas = tuple(self.betas)
+        self.betas, self.muon_parts = tuple(self.betas), tuple(self.muon_parts)
+        _check(self.name in ("adamw", "muon"), f"TrainConfig.optim.name must be 'adamw' or 'muon', got {self.name!r}")
         _check(self.lr is None or self.lr > 0, f"TrainConfig.optim.lr must be > 0 or null, got {self.lr}")
         _check(self.weight_decay is None or self.weight_decay >= 0,
                f"TrainConfig.optim.weight_decay must be >= 0 or null, got {self.weight_decay}")

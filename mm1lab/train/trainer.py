@@ -39,6 +39,7 @@ from mm1lab.train.checkpoint import (
 )
 from mm1lab.train.config import TrainConfig, parse_model
 from mm1lab.train.data import GlobalBatches
+from mm1lab.train.muon import MuonWithAdamW, split_for_muon
 from mm1lab.train.objectives import OBJECTIVES
 from mm1lab.train.schedule import (
     WarmupCosine,
@@ -113,7 +114,14 @@ class Trainer:
         # Fused AdamW updates every tensor in one kernel instead of a dozen small ops per tensor: 4-5x faster steps
         # of the optimizer on the tiny model's 140 tensors (docs/benchmarks.md). FSDP2's DTensors keep the default.
         fused = self.mode != "fsdp" and self.dev.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.AdamW(groups, betas=cfg.optim.betas, eps=cfg.optim.eps, fused=fused or None)
+        if cfg.optim.name == "muon":
+            if self.mode == "fsdp":
+                raise ValueError("optim.name 'muon' orthogonalises whole matrices, and FSDP2 shards them: use "
+                                 "parallel 'ddp' (or 'none'), or optim.name 'adamw'")
+            self.optimizer = MuonWithAdamW(split_for_muon(model, groups, cfg.optim.muon_parts),
+                                           betas=cfg.optim.betas, eps=cfg.optim.eps, fused=fused or None)
+        else:
+            self.optimizer = torch.optim.AdamW(groups, betas=cfg.optim.betas, eps=cfg.optim.eps, fused=fused or None)
         warmup = cfg.optim.warmup_steps if cfg.optim.warmup_steps is not None else default_warmup(cfg.steps)
         self.schedule = WarmupCosine(self.optimizer, warmup=warmup, total=cfg.steps, min_ratio=cfg.optim.min_lr_ratio)
         if cfg.compile:

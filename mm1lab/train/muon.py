@@ -1,0 +1,78 @@
+"""`optim.name: muon`: Muon (Jordan et al., 2024) on the hidden weight matrices, AdamW on everything else.
+
+Muon orthogonalises each matrix's momentum (a few Newton-Schulz iterations) before the update, so every direction
+of a matrix moves at the same rate, whatever its gradient's size. On ShapeWorld an object's shape explains 1-4% of
+the image features' variance (docs/stage0.md). AdamW, which scales per weight and not per direction, learns it
+slowly. With Muon the demo's SFT learns it much sooner (docs/stage0.md has the figures).
+
+The updates are torch's own `torch.optim.Muon` and `torch.optim.AdamW`. Muon's step is matched to AdamW's update
+size (`adjust_lr_fn="match_rms_adamw"`, Moonlight, Liu et al. 2025), so one LR, schedule and weight decay serve
+both. We wrap them as one `Optimizer`, not two, because the trainer's checkpoints, exact resume, LR schedule and
+the DDP state-dict helpers all expect one optimizer. Its param groups are the inner optimizers' groups (the same
+dicts), and so is its state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+MUON_SKIP = ("embed", "lm_head")    # embeddings and the LM head stay on AdamW, as in Muon's recipe
+
+
+def is_hidden_matrix(name: str, param: nn.Parameter, parts: tuple[str, ...]) -> bool:
+    """A 2-D weight inside one of `parts` that is not an embedding or the LM head: what Muon updates."""
+    return param.ndim == 2 and name.split(".", 1)[0] in parts and not any(k in name for k in MUON_SKIP)
+
+
+def split_for_muon(model: nn.Module, groups: list[dict], parts: tuple[str, ...]) -> list[dict]:
+    """`param_groups`' AdamW groups with every hidden matrix of `parts` moved into a Muon group beside its own
+    group (same LR, scale and weight decay; named "<part>.muon")."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    out = []
+    for group in groups:
+        muon = [p for p in group["params"] if is_hidden_matrix(names[id(p)], p, parts)]
+        rest = [p for p in group["params"] if not is_hidden_matrix(names[id(p)], p, parts)]
+        settings = {k: v for k, v in group.items() if k != "params"}
+        if rest:
+            out.append(dict(settings, params=rest, use_muon=False))
+        if muon:
+            out.append(dict(settings, params=muon, use_muon=True, name=group["name"].split(".")[0] + ".muon"))
+    return out
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """One optimizer: groups with `use_muon` step with torch's Muon, the others with torch's AdamW."""
+
+    def __init__(self, groups: list[dict], *, betas=(0.9, 0.95), eps: float = 1e-8, momentum: float = 0.95,
+                 fused: bool | None = None):
+        super().__init__(groups, dict(lr=1e-3, weight_decay=0.0, use_muon=False))
+        adamw = [g for g in self.param_groups if not g["use_muon"]]
+        muon = [g for g in self.param_groups if g["use_muon"]]
+        self._inner = []
+        if adamw:
+            self._inner.append(torch.optim.AdamW(adamw, betas=betas, eps=eps, fused=fused))
+        if muon:
+            self._inner.append(torch.optim.Muon(muon, momentum=momentum, adjust_lr_fn="match_rms_adamw"))
+        self._link()
+
+    def _link(self) -> None:
+        """Point the inner optimizers at this one's groups and state (loading a state dict replaces both)."""
+        for inner in self._inner:
+            muon = isinstance(inner, torch.optim.Muon)
+            inner.param_groups = [g for g in self.param_groups if g["use_muon"] == muon]
+            inner.state = self.state
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for inner in self._inner:
+            inner.step()
+        return loss
+
+    def load_state_dict(self, state_dict) -> None:
+        super().load_state_dict(state_dict)
+        self._link()
