@@ -38,15 +38,20 @@ SFT_QUESTIONS = {"color": 0.05, "count": 0.1, "count_steps": 0.05, "shape": 0.2,
 # The pre-trained encoder and LM learn at a fraction of the fresh connector's rate: at the full rate the first
 # steps undo what stage 0 learned (measured: 0-shot CIDEr-D 0.73 -> 1.93, counting 0.25 -> 0.39 after 600 steps).
 PRETRAINED_LR_SCALE = {"vision": 0.1, "lm": 0.3, "connector": 1.0}
-# Sized for 10 minutes on 2 cores: measured 410 s and 567 s on two instances of a 2-core AMD EPYC (docs/benchmarks.md).
+# Sized for 10 minutes on 2 cores: measured 509 s on a 2-core AMD EPYC (docs/benchmarks.md).
 # SFT takes 1,400 steps: at 700, chat position and POPE stayed at baseline (docs/stage0.md).
+# Muon, not MM1's AdamW, on the LM's and connector's matrices: shape is a faint direction in the image features, and
+# AdamW does not learn it within the demo's steps (docs/stage0.md, "Muon").
+OPTIMIZER = "muon"
 PLAN = {
-    "02_pretrain": dict(STEPS=500, BATCH_SIZE=16, SEQ_LEN=256, VISION_INIT=str(STAGE0 / "clip-tiny"),
-                        LM_INIT=str(STAGE0 / "lm-tiny"), LR_SCALE=PRETRAINED_LR_SCALE,
+    "02_pretrain": dict(STEPS=500, BATCH_SIZE=16, SEQ_LEN=256, OPTIMIZER=OPTIMIZER,
+                        VISION_INIT=str(STAGE0 / "clip-tiny"), LM_INIT=str(STAGE0 / "lm-tiny"),
+                        LR_SCALE=PRETRAINED_LR_SCALE,
                         EXTRA_STREAMS={"medium:interleaved": 10, "medium:caption": 5}, QUESTION_MIX=QUESTIONS,
                         COMPARE_SHARE=0.3),
-    "03_sft": dict(STEPS=1400, BATCH_SIZE=32, LR=2e-3, LR_SCALE={"vision": 0.1}, PACK=True, MULTI_IMAGE_SHARE=0.2,
-                   QUESTION_MIX=SFT_QUESTIONS, EXTRA_STREAMS={"medium:sft": 0.15, "sft_text": 0.1}),
+    "03_sft": dict(STEPS=1400, BATCH_SIZE=32, LR=2e-3, OPTIMIZER=OPTIMIZER, LR_SCALE={"vision": 0.1}, PACK=True,
+                   MULTI_IMAGE_SHARE=0.2, QUESTION_MIX=SFT_QUESTIONS,
+                   EXTRA_STREAMS={"medium:sft": 0.15, "sft_text": 0.1}),
     "04_evaluate": dict(N=200, SHOTS=[0, 4]),          # every task of both suites (the notebook's default)
     "05_probe": dict(N_EXAMPLES=2),
 }
