@@ -76,7 +76,7 @@ def test_pair_collator_appends_one_negative_per_caption_that_names_a_shape(tok):
                for i, text in enumerate(["a red circle", "my drawing", "two blue squares"])]
     plain = PairCollator(tok, cfg.vision, cfg.text)(samples)
     batch = PairCollator(tok, cfg.vision, cfg.text, ("circle", "square"))(samples)
-    assert batch["pairs"] == plain["pairs"] == 3 and len(plain["ids"]) == 3
+    assert len(batch["images"]) == len(plain["images"]) == 3 and len(plain["ids"]) == 3
     assert len(batch["ids"]) == 5                  # "my drawing" names no shape
     texts = [tok.decode([t for t in row.tolist() if t not in (0, cfg.text.eot_token_id)]) for row in batch["ids"]]
     assert texts[3].replace(" ", "") == "aredsquare" and texts[4].replace(" ", "") == "twobluecircles"

@@ -57,7 +57,7 @@ def swap_shape(caption: str, shapes: tuple[str, ...], rng: random.Random) -> str
 
 
 class PairCollator:
-    """Caption samples -> {images (b, 3, H, W), ids (b + m, n), pairs b, stream, skipped}; one image per sample.
+    """Caption samples -> {images (b, 3, H, W), ids (b + m, n), stream, skipped}; one image per sample.
 
     `negative_shapes`: also add, after the b captions, each caption with one of these shape words swapped (m of
     them; `swap_shape`), drawn from the sample's id, so a resumed run makes the same ones."""
@@ -80,7 +80,7 @@ class PairCollator:
             swapped = (swap_shape(c, self.negative_shapes, random.Random(f"negative:{s.id}"))
                        for c, s in zip(captions, samples))
             captions += [c for c in swapped if c is not None]
-        return dict(images=images, ids=encode_captions(self.tokenizer, captions, self.text), pairs=len(samples),
+        return dict(images=images, ids=encode_captions(self.tokenizer, captions, self.text),
                     stream=[s.stream for s in samples], skipped=skipped)
 
 

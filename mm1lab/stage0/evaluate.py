@@ -112,18 +112,24 @@ def zero_shot(clip, tokenizer, name: str, *, n: int = 256, resolution: int | Non
     return dict(score=accuracy, n=n, **chance(labels, label_set))
 
 
-@torch.no_grad()
-def retrieval(clip, tokenizer, *, n: int = 256, world: str = "easy", resolution: int | None = None) -> dict[str, float]:
-    """Image -> text R@1 among `n` held-out scenes and their dense captions (chance 1/n)."""
-    from mm1lab.stage0.data import encode_captions
-
+def _caption_scenes(clip, n: int, world: str, resolution: int | None) -> tuple[list[int], list[Scene], Tensor]:
+    """The `n` held-out scenes that retrieval and the shape swap caption: seeds, scene graphs, preprocessed images."""
     v = clip.cfg.vision
     size = resolution or v.image_size
     sw = ShapeWorld(world, size)
     seeds = [STAGE0_EVAL_BASE + 2 * PROBE_TRAIN_OFFSET + i for i in range(n)]
     images = torch.stack([preprocess_image(sw.image(s), size, v.image_mean, v.image_std) for s in seeds])
+    return seeds, [sw.scene(s) for s in seeds], images
+
+
+@torch.no_grad()
+def retrieval(clip, tokenizer, *, n: int = 256, world: str = "easy", resolution: int | None = None) -> dict[str, float]:
+    """Image -> text R@1 among `n` held-out scenes and their dense captions (chance 1/n)."""
+    from mm1lab.stage0.data import encode_captions
+
+    seeds, scenes, images = _caption_scenes(clip, n, world, resolution)
     clip.eval()
-    texts = clip.encode_text(encode_captions(tokenizer, [dense_caption(sw.scene(s)) for s in seeds], clip.cfg.text))
+    texts = clip.encode_text(encode_captions(tokenizer, [dense_caption(s) for s in scenes], clip.cfg.text))
     hits = (clip.encode_images(images) @ texts.T).argmax(1) == torch.arange(n)
     return dict(score=hits.float().mean().item(), n=n, uniform=1 / n)
 
@@ -137,13 +143,10 @@ def shape_swap(clip, tokenizer, *, n: int = 256, world: str = "easy",
 
     from mm1lab.stage0.data import encode_captions, swap_shape
 
-    v = clip.cfg.vision
-    size = resolution or v.image_size
-    sw, shapes = ShapeWorld(world, size), get_difficulty(world).shape_names
-    seeds = [STAGE0_EVAL_BASE + 2 * PROBE_TRAIN_OFFSET + i for i in range(n)]     # retrieval's scenes
-    captions = [dense_caption(sw.scene(s)) for s in seeds]                         # each names every object
+    seeds, scenes, images = _caption_scenes(clip, n, world, resolution)            # retrieval's scenes
+    shapes = get_difficulty(world).shape_names
+    captions = [dense_caption(s) for s in scenes]                                  # each names every object
     swapped = [swap_shape(c, shapes, random.Random(f"swap:{s}")) for c, s in zip(captions, seeds)]
-    images = torch.stack([preprocess_image(sw.image(s), size, v.image_mean, v.image_std) for s in seeds])
     clip.eval()
     image = clip.encode_images(images)
     true, false = (clip.encode_text(encode_captions(tokenizer, texts, clip.cfg.text)) for texts in (captions, swapped))

@@ -31,8 +31,9 @@ def split_for_muon(model: nn.Module, groups: list[dict], parts: tuple[str, ...])
     names = {id(p): n for n, p in model.named_parameters()}
     out = []
     for group in groups:
-        muon = [p for p in group["params"] if is_hidden_matrix(names[id(p)], p, parts)]
-        rest = [p for p in group["params"] if not is_hidden_matrix(names[id(p)], p, parts)]
+        muon, rest = [], []
+        for p in group["params"]:
+            (muon if is_hidden_matrix(names[id(p)], p, parts) else rest).append(p)
         settings = {k: v for k, v in group.items() if k != "params"}
         if rest:
             out.append(dict(settings, params=rest, use_muon=False))
