@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 import torch
 from einops import rearrange
@@ -57,15 +59,15 @@ def readers(path: str) -> dict[str, tuple]:
     from mm1lab.pretrained.folder import load_vision
 
     folder, _, layer = path.partition("@")
-    try:
+    config = Path(folder) / "config.json"
+    if config.exists() and json.loads(config.read_text()).get("model_type") != "mm1lab":   # an encoder folder
         encoder = load_vision(folder, feature_layer=int(layer or -1)).eval()
         return {path: (lambda x: encoder(x).features, encoder.cfg)}
-    except Exception:                                  # not an encoder folder: a VLM run or checkpoint
-        from mm1lab.load import load_model
+    from mm1lab.load import load_model  # a VLM run, checkpoint or exported mm1lab model
 
-        model = load_model(folder).model.eval()
-        return {f"{path} encoder": (lambda x: model.vision(x).features, model.cfg.vision),
-                f"{path} connector": (lambda x: model.connector(model.vision(x).features), model.cfg.vision)}
+    model = load_model(folder).model.eval()
+    return {f"{path} encoder": (lambda x: model.vision(x).features, model.cfg.vision),
+            f"{path} connector": (lambda x: model.connector(model.vision(x).features), model.cfg.vision)}
 
 
 def negatives(path: str, n: int = 256) -> None:
