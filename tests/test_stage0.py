@@ -276,6 +276,27 @@ def test_caption_text_is_recovered_from_a_caption_sample():
     assert caption.startswith("The image shows") and "<" not in caption
 
 
+def test_ocr_captions_say_what_a_sign_says_on_scenes_that_have_one():
+    from mm1lab.data.streams import ShapeWorldStreams
+
+    medium = ShapeWorldStreams("medium", 64, cache=False)
+    samples = [medium.ocr(i) for i in range(12)]
+    seeds = [medium.ocr_seed(i) for i in range(12)]
+    scenes = [medium.world.scene(s) for s in seeds]
+    assert all(scene.signs for scene in scenes)                 # every item has text to read (`sign`'s half do not)
+    assert [caption_of(s) for s in samples] == [f'a sign that says "{sc.signs[0].text}"' for sc in scenes]
+    assert len(set(seeds)) == 12 and [s.id for s in samples[:2]] == ["ocr-0", "ocr-1"]
+    assert medium.ocr(5).text == ShapeWorldStreams("medium", 64, cache=False).ocr(5).text   # a pure function of i
+    with pytest.raises(ValueError, match="ocr stream needs signs.*easy"):
+        ShapeWorldStreams("easy", 64, cache=False).ocr(0)
+    # the SFT twin asks about the same scene, and only what its sign says
+    for i in (0, 3):
+        chat, word = medium.sft_ocr(i), scenes[i].signs[0].text
+        answers = chat.text.split("<|assistant|>")[1:]
+        assert chat.stream == "sft" and len(chat.images) == 1 and answers
+        assert all(word in answer for answer in answers), chat.text
+
+
 SHIPPED = __import__("pathlib").Path(__file__).resolve().parents[1] / "stage0"
 
 

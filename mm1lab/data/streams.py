@@ -4,6 +4,7 @@ Item i of each stream is a pure function of i, so the streams are random access 
 stream (all below 2**31, the held-out evaluation range):
     caption, dense: scene i (the same images, alt-text vs dense captions, as VeCap re-captions web images)
     interleaved: scenes 2**28 + 8i ... (2 to 5 images)        sft: scenes 2**29 + 2i (and + 1 for two-image turns)
+    ocr, sft_ocr: the first scene with a sign among 2**30 + 64i ... 64i + 63
 
 `<stream>-text` (caption-text, dense-text, interleaved-text) is that stream with its images taken out: the words
 people write around pictures, as a text corpus. Stage 0 pre-trains the LM on these and the text documents, the
@@ -24,9 +25,9 @@ from mm1lab.data.text import alt_text, dense_caption, interleaved_document, sft_
 from mm1lab.data.tokenizer import IMAGE
 
 MM1_WEIGHTS = {"caption": 45.0, "interleaved": 45.0, "text": 10.0}   # MM1's 45:45:10
-STREAMS = ("caption", "dense", "interleaved", "text", "sft", "sft_text", "sign")
+STREAMS = ("caption", "dense", "interleaved", "text", "sft", "sft_text", "sft_ocr", "sign", "ocr")
 TEXT_ONLY = ("caption", "dense", "interleaved")   # streams that also come as `<name>-text`
-INTERLEAVED_BASE, SFT_BASE = 2**28, 2**29
+INTERLEAVED_BASE, SFT_BASE, OCR_BASE = 2**28, 2**29, 2**30
 
 
 def mm1_weights(dense_share: float = 0.07, *, caption: float = 45.0, interleaved: float = 45.0,
@@ -74,6 +75,25 @@ class ShapeWorldStreams:
             alt_text(scene, self._rng("caption", i), self.d)
         return Sample.pretrain("caption", caption_text(text), [self.world.image(i)], id=f"sign-{i}")
 
+    def ocr_seed(self, i: int) -> int:
+        """The scene seed of ocr item i: the first of 64 consecutive seeds whose scene has a sign."""
+        if not self.d.text_prob:
+            raise ValueError(f"the ocr stream needs signs, and world {self.d.name!r} draws none (text_prob=0); "
+                             "use medium:ocr or hard:ocr")
+        for seed in range(OCR_BASE + 64 * i, OCR_BASE + 64 * i + 64):
+            if self.world.scene(seed).signs:
+                return seed
+        return seed   # a run of 64 scenes without a sign (chance 0.5**64 in the medium world): the last one
+
+    def ocr(self, i: int) -> Sample:
+        """A text-rich caption: a scene that has a sign, captioned with what the sign says (`sign` captions every
+        scene, half of them without one). This is the share of web captions that reading is learned from."""
+        seed = self.ocr_seed(i)
+        scene = self.world.scene(seed)
+        text = f'a sign that says "{scene.signs[0].text}"' if scene.signs else \
+            alt_text(scene, self._rng("caption", seed), self.d)
+        return Sample.pretrain("caption", caption_text(text), [self.world.image(seed)], id=f"ocr-{i}")
+
     def dense(self, i: int) -> Sample:
         """Synthetic dense caption (VeCap analogue) of scene i."""
         text = caption_text(dense_caption(self.world.scene(i)))
@@ -116,6 +136,14 @@ class ShapeWorldStreams:
     def sft_text(self, i: int) -> Sample:
         """A text-only conversation (MM1's SFT mix keeps text-only SFT data): complete a fact."""
         return Sample.chat(text_chat(self._rng("sft_text", i)), [], id=f"sft_text-{i}", stream="sft")
+
+    def sft_ocr(self, i: int) -> Sample:
+        """A conversation about what a scene's sign says (TextVQA-style SFT data), on the `ocr` stream's scene i.
+        In `sft` conversations OCR is one question type among many, asked of scenes half of which have no sign."""
+        seed = self.ocr_seed(i)
+        asks_ocr = dataclasses.replace(self.d, question_mix=(("ocr", 1.0),))
+        turns = sft_turns([self.world.scene(seed)], self._rng("sft_ocr", i), asks_ocr)
+        return Sample.chat(turns, [self.world.image(seed)], id=f"sft_ocr-{i}", stream="sft")
 
     def prerender(self, items: int) -> None:
         """Render into the cache every image the first `items` items of each stream use."""
