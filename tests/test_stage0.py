@@ -289,6 +289,8 @@ def test_ocr_captions_say_what_a_sign_says_on_scenes_that_have_one():
     assert medium.ocr(5).text == ShapeWorldStreams("medium", 64, cache=False).ocr(5).text   # a pure function of i
     with pytest.raises(ValueError, match="ocr stream needs signs.*easy"):
         ShapeWorldStreams("easy", 64, cache=False).ocr(0)
+    with pytest.raises(ValueError, match="held-out evaluation seeds"):
+        medium.ocr_seed(2**24)
     # the SFT twin asks about the same scene, and only what its sign says
     for i in (0, 3):
         chat, word = medium.sft_ocr(i), scenes[i].signs[0].text

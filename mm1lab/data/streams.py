@@ -80,6 +80,9 @@ class ShapeWorldStreams:
         if not self.d.text_prob:
             raise ValueError(f"the ocr stream needs signs, and world {self.d.name!r} draws none (text_prob=0); "
                              "use medium:ocr or hard:ocr")
+        if OCR_BASE + 64 * (i + 1) > 2**31:
+            raise ValueError(f"ocr item {i} would draw from the held-out evaluation seeds (2**31 and above); the "
+                             f"stream has {(2**31 - OCR_BASE) // 64:,} items")
         for seed in range(OCR_BASE + 64 * i, OCR_BASE + 64 * i + 64):
             if self.world.scene(seed).signs:
                 return seed
