@@ -45,15 +45,17 @@ class ShapeWorldStreams:
     question_mix: weights of the question types asked in interleaved documents and conversations, instead of the
         world's own (`Difficulty.question_mix`); may add "caption" and "describe" turns to conversations.
     compare_share: the chance of a two-image comparison passage in an interleaved document.
+    qa_share: the share of an interleaved document's one-image passages that ask a question (the rest caption).
     The scenes and images stay the world's either way.
     """
 
     def __init__(self, difficulty: str | Difficulty = "easy", resolution: int = 64, *,
                  cache_dir: str | Path | None = None, cache: bool = True, multi_image_share: float = 0.1,
-                 question_mix: dict[str, float] | None = None, compare_share: float = 0.0):
+                 question_mix: dict[str, float] | None = None, compare_share: float = 0.0,
+                 qa_share: float = 0.45):
         self.world = ShapeWorld(difficulty, resolution, cache_dir=cache_dir, cache=cache)
         self.d = self.world.difficulty
-        self.multi_image_share, self.compare_share = multi_image_share, compare_share
+        self.multi_image_share, self.compare_share, self.qa_share = multi_image_share, compare_share, qa_share
         # the difficulty the text generators read; `self.d` (its key) still seeds scenes and sample randomness
         self.questions = self.d if not question_mix else dataclasses.replace(
             self.d, question_mix=tuple((t, float(w)) for t, w in question_mix.items() if w > 0))
@@ -111,7 +113,7 @@ class ShapeWorldStreams:
         """An interleaved document with 2-5 images."""
         seeds = self.interleaved_seeds(i)
         text = interleaved_document([self.world.scene(s) for s in seeds], self._rng("interleaved", i), self.questions,
-                                    compare_share=self.compare_share)
+                                    compare_share=self.compare_share, qa_share=self.qa_share)
         return Sample.pretrain("interleaved", text, [self.world.image(s) for s in seeds], id=f"interleaved-{i}")
 
     def document(self, i: int) -> str:

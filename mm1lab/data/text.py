@@ -185,11 +185,13 @@ FILLERS = ("I drew these last week.", "This one is my favourite.", "We printed i
 
 
 def interleaved_document(scenes: list[Scene], rng: random.Random, difficulty: Difficulty, *,
-                         compare_share: float = 0.0) -> str:
+                         compare_share: float = 0.0, qa_share: float = 0.45) -> str:
     """A web-page-like document: one `<image>` marker per scene with loosely related text, some QA passages.
 
     compare_share: the chance that a passage shows the next two images side by side with a comparison question
     ("Which image has more circles?"), as multi-image pages do; 0 keeps every passage to one image.
+    qa_share: the share of one-image passages that ask a question; the others are alt-text, dense captions and
+    fillers in the proportions 6:3:2.
     """
     parts = [rng.choice(("Here are some pictures from my collection.", "A gallery of shapes.",
                          "Practice sheet: look at each picture.", "Photos from the art class."))]
@@ -202,16 +204,17 @@ def interleaved_document(scenes: list[Scene], rng: random.Random, difficulty: Di
             continue
         scene = pending.pop(0)
         style = rng.random()
-        qtype = pick_type(rng, difficulty) if style < 0.45 else None
+        qtype = pick_type(rng, difficulty) if style < qa_share else None
+        rest = (style - qa_share) / (1 - qa_share) if qtype is None else 0.0   # where it falls among the others
         if qtype in DESCRIBE_TYPES:   # a question mix made for conversations: its descriptions become captions
             text = alt_text(scene, rng, difficulty) if qtype == "caption" else dense_caption(scene)
             parts.append(IMAGE + " " + text)
         elif qtype is not None:
             q, short, _ = ask(scene, qtype, rng, difficulty)
             parts.append(qa_text(q, short))
-        elif style < 0.75:
+        elif rest < 6 / 11:
             parts.append(IMAGE + " " + alt_text(scene, rng, difficulty))
-        elif style < 0.9:
+        elif rest < 9 / 11:
             parts.append(IMAGE + " " + dense_caption(scene))
         else:
             parts.append(IMAGE + " " + rng.choice(FILLERS))

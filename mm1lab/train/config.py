@@ -108,6 +108,7 @@ class DataConfig:
     # "position", or "caption" / "describe" turns (SFT). Scenes and evaluation items do not change with it.
     question_mix: dict[str, float] | None = None
     compare_share: float = 0.0              # chance of a two-image comparison passage in an interleaved document
+    qa_share: float = 0.45                  # share of an interleaved document's one-image passages that are QA
 
     def __post_init__(self) -> None:
         _check(self.source in SOURCES, f"TrainConfig.data.source must be one of {SOURCES}, got {self.source!r}")
@@ -116,6 +117,7 @@ class DataConfig:
         _check(self.seq_len > 0 and self.num_workers >= 0, "TrainConfig.data.seq_len must be > 0, num_workers >= 0")
         _check(0 <= self.multi_image_share <= 1,
                f"TrainConfig.data.multi_image_share must be in [0, 1], got {self.multi_image_share}")
+        _check(0 <= self.qa_share <= 1, f"TrainConfig.data.qa_share must be in [0, 1], got {self.qa_share}")
         _check(self.shards > 0 and self.shuffle_buffer >= 0 and (self.epochs is None or self.epochs > 0),
                "TrainConfig.data.shards must be > 0, shuffle_buffer >= 0, epochs > 0 or null")
         if self.source == "files":

@@ -38,7 +38,8 @@ def build_source(cfg, resolution: int) -> Any:
         return MixtureDataset(file_streams({k: files[k] for k in weights}), weights, seed=d.seed,
                               shuffle_buffer=d.shuffle_buffer, epochs=d.epochs)
     streams = shapeworld_streams(weights, d.difficulty, resolution, multi_image_share=d.multi_image_share,
-                                 question_mix=d.question_mix, compare_share=d.compare_share)
+                                 question_mix=d.question_mix, compare_share=d.compare_share,
+                                 qa_share=d.qa_share)
     return MixtureDataset(streams, weights, seed=d.seed)
 
 
@@ -52,7 +53,7 @@ def file_streams(files: dict[str, list[str]]) -> dict[str, Any]:
 
 def shapeworld_streams(names, difficulty: str, resolution: int, **options: Any) -> dict[str, Any]:
     """{name: stream} for mixture keys "stream" (of `difficulty`) or "difficulty:stream"; `options` go to every
-    world's `ShapeWorldStreams` (multi_image_share, question_mix, compare_share)."""
+    world's `ShapeWorldStreams` (multi_image_share, question_mix, compare_share, qa_share)."""
     from mm1lab.data.streams import ShapeWorldStreams
 
     worlds: dict[str, ShapeWorldStreams] = {}
