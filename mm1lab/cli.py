@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a seconds-long model tour instead of the full demo")
     p.add_argument("--smoke", action="store_true", help="the whole pipeline in SMOKE mode (tiny steps; for tests)")
     p.add_argument("--out", default="papermill_runs", help="where the demo folder goes (default: papermill_runs)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of both training stages (default 0, the README's table); the evaluation items stay")
     p.set_defaults(func=_demo)
 
     # Each package registers its own subcommands (imported here so `mm1lab presets` starts fast).

@@ -7,17 +7,21 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("demo")
 def test_demo_pipeline_runs_every_stage_and_writes_the_summary(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "mm1lab", "demo", "--smoke", "--out", str(tmp_path)],
+    done = subprocess.run([sys.executable, "-m", "mm1lab", "demo", "--smoke", "--seed", "3", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (folder,) = tmp_path.glob("*-demo")
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["status"] == "ok" and summary["smoke"] is True
+    assert summary["status"] == "ok" and summary["smoke"] is True and summary["seed"] == 3
+    # --seed reaches both training stages, and only them
+    for name, seed in (("02_pretrain", 3), ("03_sft", 3), ("04_evaluate", None)):
+        assert yaml.safe_load((folder / name / "parameters.yaml").read_text()).get("SEED") == seed, name
     assert list(summary["runs"]) == ["02_pretrain", "03_sft", "04_evaluate", "05_probe"]
     for name in summary["runs"]:
         assert (folder / name / f"{name}.ipynb").exists()
