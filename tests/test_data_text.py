@@ -33,7 +33,7 @@ def test_qa_share_is_the_share_of_one_image_passages_that_ask(qa_share):
     assert all(p.startswith("<image> ") and len(p) > len("<image> ") for p in captions)
 
 
-def test_the_default_qa_share_keeps_documents_as_they_were():
+def test_qa_share_defaults_to_the_old_fixed_0_45_and_changes_the_documents():
     assert passages(50) == passages(50, qa_share=0.45)
     assert passages(50) != passages(50, qa_share=0.9)
 

@@ -1,5 +1,5 @@
 """Does a VLM read shape? Score which colour and shape words its 0-shot captions use against the scene graph.
-(docs/stage0.md, "Why shape, position and POPE stay at baseline after pre-training")
+(docs/stage0.md, "Why k-shot shape, position and POPE stay at baseline")
 
     OMP_NUM_THREADS=1 python docs/bench/caption_words.py papermill_runs/<demo>/02_pretrain/train [MORE ...]
 
