@@ -76,3 +76,44 @@ def test_an_unknown_optimizer_is_refused():
 
     with pytest.raises(ValueError, match="must be 'adamw' or 'muon'"):
         TrainConfig.from_dict(dict(name="x", out_dir="x", optim=dict(name="sgd")))
+
+
+def test_conv_kernels_step_as_torchs_muon_on_their_matrices_and_keep_their_shape():
+    torch.manual_seed(0)
+    model = MM1Model(tiny_config("c-abstractor"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = split_for_muon(model, param_groups(model, peak_lr=1e-2, weight_decay=0.1, lr_scale={}),
+                            ("lm", "connector"), conv=True)
+    kernels = [p for g in groups if g["use_muon"] for p in g["params"] if p.ndim == 4]
+    assert kernels and all(names[id(p)].startswith("connector.") for p in kernels)
+    assert not any(p.ndim == 4 for g in groups if g["use_muon"] for p in g["params"]
+                   if names[id(p)].startswith("vision."))      # vision is not among the parts
+    assert not any(p.ndim == 4 for g in groups_of(model) if g["use_muon"] for p in g["params"])   # off by default
+    kernel = max(kernels, key=lambda p: p.shape[-1])            # a 3 x 3 (depthwise) kernel
+    shape = kernel.shape
+    # the reference: torch's Muon on a plain matrix holding the kernel, given the same gradients
+    matrix = torch.nn.Parameter(kernel.detach().flatten(1).clone())
+    group = next(g for g in groups if g["use_muon"] and any(p is kernel for p in g["params"]))
+    reference = torch.optim.Muon([matrix], lr=group["lr"], weight_decay=group["weight_decay"],
+                                 adjust_lr_fn="match_rms_adamw")
+    ours = MuonWithAdamW(groups)
+    images = torch.randn(2, 3, 32, 32)
+    ids = torch.full((2, 12), 5)
+    ids[:, 1:5] = model.cfg.image_token_id
+    for _ in range(2):
+        model(ids, images=images, labels=ids).loss.backward()
+        matrix.grad = kernel.grad.detach().flatten(1).clone()
+        ours.step()
+        reference.step()
+        assert kernel.shape == shape and kernel.grad.shape == shape
+        assert torch.equal(kernel.detach().flatten(1), matrix.detach())
+        ours.zero_grad()
+    # the state round-trips: a reloaded optimizer steps the kernel on from the same momentum
+    fresh = MuonWithAdamW(split_for_muon(model, param_groups(model, peak_lr=1e-2, weight_decay=0.1, lr_scale={}),
+                                         ("lm", "connector"), conv=True))
+    fresh.load_state_dict(copy.deepcopy(ours.state_dict()))
+    model(ids, images=images, labels=ids).loss.backward()
+    matrix.grad = kernel.grad.detach().flatten(1).clone()
+    fresh.step()
+    reference.step()
+    assert torch.equal(kernel.detach().flatten(1), matrix.detach())

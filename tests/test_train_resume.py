@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from test_train_loop import tiny_run
+from test_train_loop import tiny_config, tiny_run
 
 from mm1lab.folders import find_checkpoint
 from mm1lab.safetensors_io import load_state_dict, save_state_dict
@@ -48,9 +48,10 @@ def corpus_run(out_dir, **over) -> dict:
 
 
 def muon_run(out_dir, **over) -> dict:
-    """The synthetic run with Muon on the LM's and connector's matrices (momentum state on those, AdamW's on the
-    rest)."""
-    return tiny_run(out_dir, optim=dict(name="muon"), **over)
+    """The synthetic run with Muon on the LM's and connector's matrices and, with `muon_conv`, on the C-Abstractor's
+    conv kernels (momentum state on those, AdamW's on the rest)."""
+    return tiny_run(out_dir, model=tiny_config("c-abstractor").to_dict(), optim=dict(name="muon", muon_conv=True),
+                    **over)
 
 
 RUNS = {"synthetic": tiny_run, "files": corpus_run, "muon": muon_run}
@@ -81,6 +82,11 @@ def test_sigkill_mid_training_then_resume_matches_uninterrupted_run(tmp_path, so
                                                      b.optimizer["state"][name].values()))
     if source == "muon":
         assert set(a.optimizer["state"]["lm.layers.0.attn.q_proj.weight"]) == {"momentum_buffer"}
+        kernel = "connector.stage1.0.conv2.0.weight"                       # (32, 1, 3, 3), stepped as (32, 9)
+        assert a.optimizer["state"][kernel]["momentum_buffer"].shape == (32, 9)
+        assert torch.equal(a.optimizer["state"][kernel]["momentum_buffer"],
+                           b.optimizer["state"][kernel]["momentum_buffer"])
+        assert a.weights[kernel].shape == (32, 1, 3, 3)
     la, lb = ([r["loss"] for r in read_metrics(tmp_path / name)] for name in ("whole", "killed"))
     assert la == lb and len(la) == 10   # metrics.jsonl reads as one run (step 7's first record was dropped)
 

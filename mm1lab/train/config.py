@@ -58,6 +58,7 @@ class OptimConfig:
 
     name: str = "adamw"                     # adamw (MM1's) | muon
     muon_parts: tuple[str, ...] = ("lm", "connector")
+    muon_conv: bool = False                 # Muon also on the conv kernels of muon_parts (the C-Abstractor's)
     lr: float | None = None                 # peak LR; None: exp(-0.4214 ln N - 0.5535)
     weight_decay: float | None = None       # None: 0.1 x peak LR (MM1); decoupled (AdamW)
     betas: tuple[float, float] = (0.9, 0.95)

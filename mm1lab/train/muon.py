@@ -14,26 +14,30 @@ dicts), and so is its state.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
 MUON_SKIP = ("embed", "lm_head")    # embeddings and the LM head stay on AdamW, as in Muon's recipe
 
 
-def is_hidden_matrix(name: str, param: nn.Parameter, parts: tuple[str, ...]) -> bool:
-    """A 2-D weight inside one of `parts` that is not an embedding or the LM head: what Muon updates."""
-    return param.ndim == 2 and name.split(".", 1)[0] in parts and not any(k in name for k in MUON_SKIP)
+def is_hidden_matrix(name: str, param: nn.Parameter, parts: tuple[str, ...], conv: bool = False) -> bool:
+    """A 2-D weight inside one of `parts` that is not an embedding or the LM head: what Muon updates. With `conv`,
+    conv kernels (out, in, kh, kw) too, each as its (out, in * kh * kw) matrix, as Muon's CIFAR-10 recipe does."""
+    shaped = param.ndim == 2 or (conv and param.ndim == 4)
+    return shaped and name.split(".", 1)[0] in parts and not any(k in name for k in MUON_SKIP)
 
 
-def split_for_muon(model: nn.Module, groups: list[dict], parts: tuple[str, ...]) -> list[dict]:
-    """`param_groups`' AdamW groups with every hidden matrix of `parts` moved into a Muon group beside its own
-    group (same LR, scale and weight decay; named "<part>.muon")."""
+def split_for_muon(model: nn.Module, groups: list[dict], parts: tuple[str, ...], conv: bool = False) -> list[dict]:
+    """`param_groups`' AdamW groups with every hidden matrix of `parts` (and, with `conv`, every conv kernel) moved
+    into a Muon group beside its own group (same LR, scale and weight decay; named "<part>.muon")."""
     names = {id(p): n for n, p in model.named_parameters()}
     out = []
     for group in groups:
         muon, rest = [], []
         for p in group["params"]:
-            (muon if is_hidden_matrix(names[id(p)], p, parts) else rest).append(p)
+            (muon if is_hidden_matrix(names[id(p)], p, parts, conv) else rest).append(p)
         settings = {k: v for k, v in group.items() if k != "params"}
         if rest:
             out.append(dict(settings, params=rest, use_muon=False))
@@ -54,7 +58,8 @@ class MuonWithAdamW(torch.optim.Optimizer):
         if adamw:
             self._inner.append(torch.optim.AdamW(adamw, betas=betas, eps=eps, fused=fused))
         if muon:
-            self._inner.append(torch.optim.Muon(muon, momentum=momentum, adjust_lr_fn="match_rms_adamw"))
+            with as_matrices(p for g in muon for p in g["params"]):
+                self._inner.append(torch.optim.Muon(muon, momentum=momentum, adjust_lr_fn="match_rms_adamw"))
         self._link()
 
     def _link(self) -> None:
@@ -71,9 +76,33 @@ class MuonWithAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for inner in self._inner:
-            inner.step()
+            if isinstance(inner, torch.optim.Muon):
+                with as_matrices(p for g in inner.param_groups for p in g["params"]):
+                    inner.step()
+            else:
+                inner.step()
         return loss
 
     def load_state_dict(self, state_dict) -> None:
         super().load_state_dict(state_dict)
         self._link()
+
+
+@contextmanager
+def as_matrices(params):
+    """Show every conv kernel among `params` (and its gradient) as its (out, in * kh * kw) matrix while torch's Muon,
+    which takes only 2-D parameters, builds or steps; then give each its shape back. The kernel's momentum buffer
+    lives in that matrix shape. We reshape rather than write our own Newton-Schulz step, so that the update stays
+    torch's."""
+    kernels = [(p, p.shape) for p in params if p.ndim > 2]
+    for p, _ in kernels:
+        p.data = p.data.flatten(1)
+        if p.grad is not None:
+            p.grad = p.grad.flatten(1)
+    try:
+        yield
+    finally:
+        for p, shape in kernels:
+            p.data = p.data.view(shape)
+            if p.grad is not None:
+                p.grad = p.grad.view(shape)

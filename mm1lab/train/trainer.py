@@ -118,7 +118,8 @@ class Trainer:
             if self.mode == "fsdp":
                 raise ValueError("optim.name 'muon' orthogonalises whole matrices, and FSDP2 shards them: use "
                                  "parallel 'ddp' (or 'none'), or optim.name 'adamw'")
-            self.optimizer = MuonWithAdamW(split_for_muon(model, groups, cfg.optim.muon_parts),
+            self.optimizer = MuonWithAdamW(split_for_muon(model, groups, cfg.optim.muon_parts,
+                                                          conv=cfg.optim.muon_conv),
                                            betas=cfg.optim.betas, eps=cfg.optim.eps, fused=fused or None)
         else:
             self.optimizer = torch.optim.AdamW(groups, betas=cfg.optim.betas, eps=cfg.optim.eps, fused=fused or None)
