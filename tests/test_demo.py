@@ -7,7 +7,12 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
+
+from mm1lab.demo import PLAN
+from mm1lab.folders import find_checkpoint
+from mm1lab.train import load_checkpoint
 
 
 @pytest.mark.slow
@@ -30,6 +35,11 @@ def test_demo_pipeline_runs_every_stage_and_writes_the_summary(tmp_path):
     for task in summary["tasks"].values():
         assert 0 <= task["score"] and 0 <= task["baseline"] and task["n"] > 0
     assert any(f.endswith("attention.png") for f in summary["figures"])
+    # SFT keeps the plan's frozen parts (the encoder) exactly as pre-training left them, and trains the rest.
+    pre, sft = (load_checkpoint(find_checkpoint(folder / name / "train"), weights_only=True).weights
+                for name in ("02_pretrain", "03_sft"))
+    changed = {k.split(".")[0] for k in pre if not torch.equal(pre[k], sft[k])}
+    assert changed == {"connector", "lm"} and PLAN["03_sft"]["FREEZE"] == ["vision"]
     # Every stage is in the run index, and the printed summary names scores, baselines and the folder.
     index = [json.loads(line) for line in (tmp_path / "index.jsonl").read_text().splitlines()]
     assert [r["name"] for r in index] == ["02_pretrain", "03_sft", "04_evaluate", "05_probe"]
