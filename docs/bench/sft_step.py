@@ -31,7 +31,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     plan = demo.PLAN["03_sft"]
-    freeze = plan.get("FREEZE", []) if args.freeze is None else [p for p in args.freeze.split(",") if p]
+    freeze = plan.get("FREEZE", []) if args.freeze is None else [part for part in args.freeze.split(",") if part]
     with tempfile.TemporaryDirectory() as out:
         result = train(dict(
             stage="sft", name="sft", out_dir=out, steps=args.steps, batch_size=plan["BATCH_SIZE"],
