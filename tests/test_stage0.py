@@ -14,7 +14,7 @@ from mm1lab.data.tokenizer import load_tokenizer
 from mm1lab.model import MM1Model
 from mm1lab.pretrained import load_hf_lm, load_hf_vision
 from mm1lab.stage0.aim import AIM, patch_targets, prefix_causal_mask
-from mm1lab.stage0.clip import CLIP, clip_loss, siglip_loss
+from mm1lab.stage0.clip import CLIP, caption_loss, clip_loss, siglip_loss
 from mm1lab.stage0.data import PairCollator, caption_of, encode_captions, swap_shape
 from mm1lab.stage0.export import export_aim, export_clip, export_clip_vision, export_lm, load_clip
 from mm1lab.stage0.presets import stage0_config
@@ -46,6 +46,39 @@ def test_hard_negatives_widen_only_the_image_to_text_choice():
     log_sigmoid = lambda x: -math.log1p(math.exp(-x))   # noqa: E731
     negatives = -(log_sigmoid(-1.8) + log_sigmoid(3.0)) / 2          # the extra column is -1 for both images
     assert siglip_loss(logits).item() == pytest.approx(siglip_loss(logits[:, :2]).item() + negatives, rel=1e-6)
+
+
+def test_caption_loss_is_next_token_cross_entropy_up_to_the_first_end_token():
+    end = 6
+    ids = torch.tensor([[5, 7, end, 0], [8, end, 0, end]])        # row 2: a second <|end|> after padding
+    logits = torch.randn(2, 4, 10, generator=torch.Generator().manual_seed(0))
+    def nll(b, t):                                                 # position t scored on token t + 1
+        row = logits[b, t].tolist()
+        return -math.log(math.exp(row[ids[b, t + 1]]) / sum(math.exp(x) for x in row))
+    scored = [(0, 0), (0, 1), (1, 0)]                              # 7, <|end|>; <|end|>; nothing past it
+    expected = sum(nll(b, t) for b, t in scored) / len(scored)
+    assert caption_loss(logits, ids, end).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_coca_caption_decoder_sees_every_patch_and_only_earlier_caption_tokens():
+    torch.manual_seed(0)
+    cfg = stage0_config("clip", {"preset": "clip-tiny", "caption_weight": 2.0, "caption_depth": 1})
+    model = CLIP(cfg).eval()
+    images, ids = torch.randn(2, 3, 64, 64), torch.tensor([[5, 7, 9, 6], [5, 8, 6, 0]])
+    def caption_logits(images, ids):
+        with torch.no_grad():
+            return model.caption_decoder(model.vision(images).features, model.text.states(ids),
+                                         model.text.token_embed.weight)
+    base = caption_logits(images, ids)
+    later = ids.clone()
+    later[0, 2] = 11                                               # change the third caption token
+    changed = caption_logits(images, later)
+    assert torch.equal(base[0, :2], changed[0, :2]) and not torch.allclose(base[0, 2], changed[0, 2])
+    assert not torch.allclose(caption_logits(images.flip(0), ids)[:, 0], base[:, 0])   # the image reaches position 0
+    out = model(images, ids)
+    contrastive = clip_loss(model.similarity(out.image_embeds, out.text_embeds))
+    assert out.loss.item() == pytest.approx(contrastive.item() + 2.0 * out.caption_loss.item(), rel=1e-5)
+    assert CLIP(stage0_config("clip", "clip-tiny")).caption_decoder is None
 
 
 def test_a_hard_negative_swaps_exactly_one_shape_word():

@@ -59,6 +59,15 @@ def test_clip_learns_to_match_captions(tmp_path):
     assert result.model.logit_scale.requires_grad
 
 
+def test_coca_trains_its_caption_decoder_and_the_encoder_with_it(tmp_path):
+    model = dict(SMALL_CLIP, caption_weight=1.0, caption_depth=1)
+    result = train(run(tmp_path, "clip", steps=30, batch_size=16, model=model, optim=dict(lr=3e-3, warmup_steps=3),
+                       track=dict(log_every=10, progress=False, tensorboard=False)))
+    rows = read_metrics(tmp_path)
+    assert rows[-1]["caption_loss"] < rows[0]["caption_loss"] - 1.0   # from about ln(vocab)
+    assert result.model.caption_decoder is not None
+
+
 def test_freezing_a_stage0_part_keeps_it_fixed(tmp_path):
     result = train(run(tmp_path, "clip", freeze=dict(text=True)))
     before = load_checkpoint(tmp_path / "checkpoints" / "step_00000003", weights_only=True).weights

@@ -3,6 +3,11 @@
 
     OMP_NUM_THREADS=1 python docs/bench/read_signs.py stage0/clip-tiny --steps 800
     OMP_NUM_THREADS=1 python docs/bench/read_signs.py stage0/clip-tiny --scratch --steps 800
+    python docs/bench/read_signs.py stage0/clip-tiny --steps 800 --save runs/clip-tiny-reads
+
+`--save` writes the trained encoder as a CLIP vision folder, which `VISION_INIT` in `02_pretrain` (or
+`pretrained: {vision: ...}`) loads: a diagnostic of whether the VLM answers OCR questions when its encoder reads.
+It is trained on the answers' words, so it is an upper bound for that question, never a stage-0 model.
 
 The encoder (initialised from FOLDER, or fresh with its shape: `--scratch`) and an attention-pooling head are
 trained together, with cross-entropy on which of the 20 words the medium world's sign holds: 4,096 training
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +28,7 @@ import torch.nn.functional as F
 from mm1lab.data.shapeworld import WORDS
 from mm1lab.pretrained import load_hf_vision
 from mm1lab.stage0.evaluate import AttentionProbe, attribute_set
+from mm1lab.stage0.export import export_clip_vision
 from mm1lab.vision import VisionEncoder
 
 
@@ -31,6 +38,7 @@ def main() -> None:
     parser.add_argument("--scratch", action="store_true", help="the folder's architecture, freshly initialised")
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--every", type=int, default=100, help="report held-out accuracy every this many steps")
+    parser.add_argument("--save", help="write the trained encoder here as a CLIP vision folder (a diagnostic)")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -59,6 +67,11 @@ def main() -> None:
                 train = (head(encoder(x_train[:512]).features).argmax(1) == t_train[:512]).float().mean().item()
             print(f"step {step}: loss {loss.item():.3f}, train {train:.3f}, held-out {test:.3f} "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
+    if args.save:
+        tower = SimpleNamespace(vision=encoder, cfg=SimpleNamespace(vision=v, loss="read_signs"))
+        info = {"trained_by": f"docs/bench/read_signs.py {args.folder} --steps {args.steps} (a diagnostic, "
+                              "trained on the sign's word: never a stage-0 model)"}
+        print(f"wrote {export_clip_vision(tower, args.save, info=info)}")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,10 @@ b - batch, n - text tokens, d - tower width, e - joint embedding
 
 The CLIP loss is the symmetric InfoNCE over the b x b similarity matrix: row i should pick column i (image -> text)
 and column i row i (text -> image), with a learned temperature. SigLIP's loss treats each of the b^2 pairs as an
-independent binary decision (sigmoid), so it needs no softmax over the batch. Names follow transformers' CLIPModel
-(`mm1lab.stage0.export` writes one), so a trained model loads in transformers and, through `load_hf_vision`, in MM1.
+independent binary decision (sigmoid), so it needs no softmax over the batch. With `caption_weight` > 0 the model is
+CoCa's (Yu et al., 2022): a caption decoder reads the image's patches, then the text tower's states, and predicts
+the caption. Names follow transformers' CLIPModel (`mm1lab.stage0.export` writes one; the caption decoder is left
+out), so a trained model loads in transformers and, through `load_hf_vision`, in MM1.
 """
 
 from __future__ import annotations
@@ -40,6 +42,15 @@ class TextTower(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         """(b, n) token ids, each row holding `eot_token_id` -> (b, d) features at its first end-of-text token."""
+        return self.read_out(ids, self.states(ids))
+
+    def read_out(self, ids: Tensor, states: Tensor) -> Tensor:
+        """The (b, d) states at each row's first end-of-text token."""
+        first = (ids == self.cfg.eot_token_id).int().argmax(1)
+        return states[torch.arange(len(ids), device=ids.device), first]
+
+    def states(self, ids: Tensor) -> Tensor:
+        """(b, n) token ids -> (b, n, d) causal states after the final norm."""
         if ids.shape[1] > self.cfg.max_len:
             raise ValueError(f"text of {ids.shape[1]} tokens is longer than the tower's max_len={self.cfg.max_len}")
         eot = ids == self.cfg.eot_token_id
@@ -49,19 +60,49 @@ class TextTower(nn.Module):
         x = self.token_embed(ids) + self.pos_embed[: ids.shape[1]]
         for block in self.blocks:
             x, _ = block(x, causal=True)
-        x = self.norm(x)
-        first = eot.int().argmax(1)                      # the first end-of-text position of each row
-        return x[torch.arange(len(ids), device=ids.device), first]
+        return self.norm(x)
+
+
+class CaptionDecoder(nn.Module):
+    """CoCa's multimodal decoder, written as a prefix decoder: the image's p patch features (projected to the text
+    width) come first, the text tower's n states after them, and causal blocks run over the p + n tokens, so caption
+    position t sees every patch and the caption up to t. CoCa cross-attends instead; with the patches as a prefix
+    the ViT's own block serves, and what each caption position can see is the same. Logits use the text tower's
+    token embeddings (tied), and position t predicts token t + 1."""
+
+    def __init__(self, cfg: CLIPConfig):
+        super().__init__()
+        self.image_proj = nn.Linear(cfg.vision.width, cfg.text.width)
+        self.blocks = nn.ModuleList(Block(cfg.text) for _ in range(cfg.caption_depth))
+        self.norm = nn.LayerNorm(cfg.text.width, eps=cfg.text.norm_eps)
+
+    def forward(self, patches: Tensor, states: Tensor, embed: Tensor) -> Tensor:
+        """patches (b, p, dv), text states (b, n, d), token embeddings (v, d) -> caption logits (b, n, v)."""
+        x = torch.cat([self.image_proj(patches), states], dim=1)
+        for block in self.blocks:
+            x, _ = block(x, causal=True)
+        return self.norm(x[:, patches.shape[1]:]) @ embed.T
+
+
+def caption_loss(logits: Tensor, ids: Tensor, eot_token_id: int) -> Tensor:
+    """Mean next-token cross-entropy over each caption's tokens up to and including its first end-of-text token
+    (what follows it is padding). logits (b, n, v) from positions 0..n-1; position t is scored on token t + 1."""
+    after_end = (ids == eot_token_id).int().cumsum(1) - (ids == eot_token_id).int() > 0   # past the first <|end|>
+    targets = ids[:, 1:].masked_fill(after_end[:, 1:], -100)
+    return F.cross_entropy(rearrange(logits[:, :-1], 'b n v -> (b n) v'), rearrange(targets, 'b n -> (b n)'),
+                           ignore_index=-100)
 
 
 @dataclass
 class CLIPOutput:
-    """loss; logits (b_images, b_texts) scaled similarities; the normalised embeddings of both towers."""
+    """loss; logits (b_images, b_texts) scaled similarities; the normalised embeddings of both towers;
+    caption_loss: CoCa's captioning term (unweighted; included in `loss`), when the model has a caption decoder."""
 
     loss: Tensor | None
     logits: Tensor
     image_embeds: Tensor
     text_embeds: Tensor
+    caption_loss: Tensor | None = None
 
 
 class CLIP(nn.Module):
@@ -76,6 +117,7 @@ class CLIP(nn.Module):
         self.text_projection = nn.Linear(cfg.text.width, cfg.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.init_temperature)))
         self.logit_bias = nn.Parameter(torch.tensor(cfg.init_bias)) if cfg.loss == "siglip" else None
+        self.caption_decoder = CaptionDecoder(cfg) if cfg.caption_weight > 0 else None
         init_fan_in(self)
         nn.init.normal_(self.text.token_embed.weight, std=0.02)
 
@@ -96,10 +138,19 @@ class CLIP(nn.Module):
     def forward(self, images: Tensor, ids: Tensor) -> CLIPOutput:
         """Embed b images and their b captions (pair i is image i with caption i) and compute the loss. Rows of `ids`
         past the b-th are extra captions that match no image (hard negatives)."""
-        image_embeds, text_embeds = self.encode_images(images), self.encode_text(ids)
+        vision, states = self.vision(images, layer=-1), self.text.states(ids)
+        image_embeds = F.normalize(self.visual_projection(vision.cls), dim=-1)
+        text_embeds = F.normalize(self.text_projection(self.text.read_out(ids, states)), dim=-1)
         logits = self.similarity(image_embeds, text_embeds)
         loss = clip_loss(logits) if self.cfg.loss == "clip" else siglip_loss(logits)
-        return CLIPOutput(loss=loss, logits=logits, image_embeds=image_embeds, text_embeds=text_embeds)
+        captioning = None
+        if self.caption_decoder is not None:             # only the b real captions: hard negatives describe no image
+            b = len(images)
+            captioning = caption_loss(self.caption_decoder(vision.features, states[:b], self.text.token_embed.weight),
+                                      ids[:b], self.cfg.text.eot_token_id)
+            loss = loss + self.cfg.caption_weight * captioning
+        return CLIPOutput(loss=loss, logits=logits, image_embeds=image_embeds, text_embeds=text_embeds,
+                          caption_loss=captioning)
 
 
 def init_fan_in(model: nn.Module) -> None:

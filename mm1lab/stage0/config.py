@@ -69,6 +69,13 @@ class CLIPConfig:
     # one shape word swapped, as a negative for its own image. On ShapeWorld's easy world colour, count and place tell
     # a batch's captions apart, so without them the encoder learns shape weakly (docs/stage0.md).
     hard_negatives: bool = False
+    # CoCa's captioning loss beside the contrastive one (Yu et al., 2022): a decoder of `caption_depth` causal blocks
+    # reads the image's patch features, then the caption, and predicts each next caption token; the total loss is
+    # contrastive + caption_weight x captioning. Saying what a sign says can only be predicted by reading it, while a
+    # contrastive batch rarely needs the word to tell its captions apart (docs/stage0.md, "A reading objective").
+    # The decoder trains the encoder and is not exported: MM1 keeps the vision tower. 0 = CLIP alone.
+    caption_weight: float = 0.0
+    caption_depth: int = 2
     name: str = "clip"
 
     def __post_init__(self) -> None:
@@ -80,6 +87,9 @@ class CLIPConfig:
         _check(self.vision.cls_token, "CLIPConfig.vision.cls_token must be true: the image embedding is the CLS token")
         _check(self.embed_dim > 0 and 0 < self.init_temperature < 1, "CLIPConfig: embed_dim > 0 and "
                "0 < init_temperature < 1")
+        _check(self.caption_weight >= 0 and isinstance(self.caption_depth, int) and self.caption_depth > 0,
+               f"CLIPConfig: caption_weight must be >= 0 and caption_depth a positive integer, got "
+               f"{self.caption_weight!r} and {self.caption_depth!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -161,8 +161,8 @@ class CLIPObjective(Objective):
     """Contrastive image-text pre-training; loss units are image-caption pairs."""
 
     name = "clip"
-    stat_keys = ("tokens", "images", "logit_scale", "accuracy")
-    averaged = ("logit_scale", "accuracy")
+    stat_keys = ("tokens", "images", "logit_scale", "accuracy", "caption_loss")
+    averaged = ("logit_scale", "accuracy", "caption_loss")
     one_micro_batch = True
 
     def build(self):
@@ -187,11 +187,15 @@ class CLIPObjective(Objective):
         accuracy = (out.logits.argmax(1) == targets).float().mean().item()   # in-batch image -> text top-1
         module = getattr(forward, "module", forward)
         stats = dict(tokens=int((mb["ids"][:len(mb["images"])] != 0).sum()), images=len(mb["images"]),
-                     logit_scale=module.logit_scale.exp().item() / n_micro, accuracy=accuracy / n_micro)
+                     logit_scale=module.logit_scale.exp().item() / n_micro, accuracy=accuracy / n_micro,
+                     caption_loss=0.0 if out.caption_loss is None else out.caption_loss.item() / n_micro)
         return StepLoss(mean=out.loss, aux=out.loss.new_zeros(()), stats=stats)
 
     def record(self, sums, steps):
-        return dict(logit_scale=sums["logit_scale"] / steps, batch_accuracy=sums["accuracy"] / steps)
+        record = dict(logit_scale=sums["logit_scale"] / steps, batch_accuracy=sums["accuracy"] / steps)
+        if self.model_cfg.caption_weight > 0:            # CoCa: the captioning term, unweighted
+            record["caption_loss"] = sums["caption_loss"] / steps
+        return record
 
 
 class AIMObjective(Objective):
