@@ -72,8 +72,9 @@ class CLIPConfig:
     # CoCa's captioning loss beside the contrastive one (Yu et al., 2022): a decoder of `caption_depth` causal blocks
     # reads the image's patch features, then the caption, and predicts each next caption token; the total loss is
     # contrastive + caption_weight x captioning. Saying what a sign says can only be predicted by reading it, while a
-    # contrastive batch rarely needs the word to tell its captions apart (docs/stage0.md, "A reading objective").
-    # The decoder trains the encoder and is not exported: MM1 keeps the vision tower. 0 = CLIP alone.
+    # contrastive batch rarely needs the word to tell its captions apart. At clip-tiny's budget it did not teach
+    # reading (docs/stage0.md, "OCR: the encoder is what blocks it"). The decoder trains the encoder and is not
+    # exported: MM1 keeps the vision tower. 0 = CLIP alone.
     caption_weight: float = 0.0
     caption_depth: int = 2
     name: str = "clip"
