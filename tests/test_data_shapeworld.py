@@ -1,5 +1,7 @@
 """ShapeWorld: deterministic scenes, resolution-independent rendering, the render cache, and the eval sets."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -49,6 +51,30 @@ def test_cache_is_used_and_keyed(tmp_path, monkeypatch):
     assert np.array_equal(first, np.asarray(render(make_scene(11, "easy"), 32)))
     ShapeWorld("medium", 32, block_size=8).array(11)
     assert len(list(tmp_path.rglob("*.npy"))) == 2
+
+
+def test_a_cache_that_cannot_be_written_warns_once_and_rendering_goes_on(tmp_path):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache's folder should be, as a full disk refuses a write")
+    world = ShapeWorld("easy", 32, cache_dir=blocker, block_size=8)
+    with pytest.warns(UserWarning, match=r"could not write its render cache in .*not-a-folder.*MM1LAB_CACHE"):
+        first = world.array(11)
+    assert np.array_equal(first, np.asarray(render(make_scene(11, "easy"), 32)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # once is enough: later blocks render quietly
+        later = world.array(100)
+    assert np.array_equal(later, np.asarray(render(make_scene(100, "easy"), 32)))
+    assert blocker.is_file() and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_the_ocr_stream_packs_its_scenes_into_few_cache_blocks():
+    from mm1lab.data.streams import OCR_GROUP, ShapeWorldStreams
+
+    medium = ShapeWorldStreams("medium", 64, cache=False)
+    seeds = [medium.ocr_seed(i) for i in range(2 * medium.ocr_items_per_group)]
+    assert len(set(seeds)) == len(seeds) and all(medium.world.scene(s).signs for s in seeds)
+    # two groups' items come from two groups of seeds: 2 x 256 renders for 128 items, not 64 per item
+    assert len({s // OCR_GROUP for s in seeds}) == 2
 
 
 @pytest.mark.parametrize("task", TASKS)

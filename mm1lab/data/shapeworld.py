@@ -12,12 +12,14 @@ Seeds below 2**31 are for training; evaluation sets draw from 2**31 and above (s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import random
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -272,6 +274,7 @@ class ShapeWorld:
         # about one second of rendering per block; large images come in smaller blocks
         self.block_size = block_size or max(4, 256 * 64 * 64 // (resolution * resolution))
         self._blocks: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._unwritable = False   # set when the cache's disk is full or read-only
 
     def scene(self, seed: int) -> Scene:
         """The scene graph of `seed`."""
@@ -293,27 +296,41 @@ class ShapeWorld:
             self._blocks.move_to_end(block)
             return self._blocks[block]
         path = self.root / f"{block:08d}.npy"
-        if not path.exists():
-            self._render_block(block, path)
-        try:
-            arr = np.load(path, mmap_mode="r")
-        except (ValueError, OSError):   # a damaged cache file: render again
-            self._render_block(block, path)
-            arr = np.load(path, mmap_mode="r")
+        if path.exists():
+            try:
+                arr = np.load(path, mmap_mode="r")
+            except (ValueError, OSError):   # a damaged cache file: render again
+                arr = self._render_block(block, path)
+        else:
+            arr = self._render_block(block, path)
         self._blocks[block] = arr
         if len(self._blocks) > 8:
             self._blocks.popitem(last=False)
         return arr
 
-    def _render_block(self, block: int, path: Path) -> None:
+    def _render_block(self, block: int, path: Path) -> np.ndarray:
+        """Render a block and store it; a cache that cannot be written (a full disk) is warned about once, and
+        the run goes on rendering in memory."""
         start = block * self.block_size
         arr = np.stack([np.asarray(render(self.scene(s), self.resolution))
                         for s in range(start, start + self.block_size)])
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if self._unwritable:
+            return arr
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, path)   # atomic: concurrent workers never read half a file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+            os.replace(tmp, path)   # atomic: concurrent workers never read half a file
+        except OSError as error:
+            with contextlib.suppress(OSError):   # nothing to remove when the folder was never made
+                tmp.unlink()
+            self._unwritable = True
+            warnings.warn(f"ShapeWorld could not write its render cache in {self.root} ({error}); this run goes "
+                          "on rendering without it, which is slower. Free disk space, or set $MM1LAB_CACHE to a "
+                          f"disk with room. The cache can be deleted at any time (rm -r {self.root.parent.parent}):"
+                          " it is rebuilt as needed.", stacklevel=2)
+        return arr
 
     def prerender(self, start: int, stop: int) -> None:
         """Fill the cache for seeds [start, stop) ahead of training."""

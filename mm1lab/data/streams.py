@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from functools import lru_cache
 from pathlib import Path
 
 from mm1lab.data.mixture import IndexedStream, MixtureDataset
 from mm1lab.data.prompts import caption_text
 from mm1lab.data.sample import Sample
-from mm1lab.data.shapeworld import Difficulty, ShapeWorld
+from mm1lab.data.shapeworld import Difficulty, ShapeWorld, make_scene
 from mm1lab.data.text import alt_text, dense_caption, interleaved_document, sft_turns, text_chat, text_document
 from mm1lab.data.tokenizer import IMAGE
 
@@ -28,6 +29,7 @@ MM1_WEIGHTS = {"caption": 45.0, "interleaved": 45.0, "text": 10.0}   # MM1's 45:
 STREAMS = ("caption", "dense", "interleaved", "text", "sft", "sft_text", "sft_ocr", "sign", "ocr")
 TEXT_ONLY = ("caption", "dense", "interleaved")   # streams that also come as `<name>-text`
 INTERLEAVED_BASE, SFT_BASE, OCR_BASE = 2**28, 2**29, 2**30
+OCR_GROUP = 256   # seeds per group of the ocr stream (see `ShapeWorldStreams.ocr_seed`)
 
 
 def mm1_weights(dense_share: float = 0.07, *, caption: float = 45.0, interleaved: float = 45.0,
@@ -78,17 +80,26 @@ class ShapeWorldStreams:
         return Sample.pretrain("caption", caption_text(text), [self.world.image(i)], id=f"sign-{i}")
 
     def ocr_seed(self, i: int) -> int:
-        """The scene seed of ocr item i: the first of 64 consecutive seeds whose scene has a sign."""
+        """The scene seed of ocr item i: one of the scenes with a sign, taken in order from groups of 256 seeds.
+
+        Scenes with signs are packed densely so that the cache's seed blocks are mostly used: drawing one scene
+        per 64 seeds, as this stream once did, rendered (and cached) 64 images for every one it used. A group of
+        `OCR_GROUP` seeds holds about `text_prob` x 256 signed scenes (128 in the medium world) and gives half of
+        that many items, so a group with too few is an 8-sigma event; if one came, its items would repeat.
+        """
         if not self.d.text_prob:
             raise ValueError(f"the ocr stream needs signs, and world {self.d.name!r} draws none (text_prob=0); "
                              "use medium:ocr or hard:ocr")
-        if OCR_BASE + 64 * (i + 1) > 2**31:
+        group, k = divmod(i, self.ocr_items_per_group)
+        if OCR_BASE + OCR_GROUP * (group + 1) > 2**31:
             raise ValueError(f"ocr item {i} would draw from the held-out evaluation seeds (2**31 and above); the "
-                             f"stream has {(2**31 - OCR_BASE) // 64:,} items")
-        for seed in range(OCR_BASE + 64 * i, OCR_BASE + 64 * i + 64):
-            if self.world.scene(seed).signs:
-                return seed
-        return seed   # a run of 64 scenes without a sign (chance 0.5**64 in the medium world): the last one
+                             f"stream has {(2**31 - OCR_BASE) // OCR_GROUP * self.ocr_items_per_group:,} items")
+        signed = _signed_seeds(self.d, OCR_BASE + OCR_GROUP * group)
+        return signed[k % len(signed)]
+
+    @property
+    def ocr_items_per_group(self) -> int:
+        return max(1, int(OCR_GROUP * self.d.text_prob / 2))
 
     def ocr(self, i: int) -> Sample:
         """A text-rich caption: a scene that has a sign, captioned with what the sign says (`sign` captions every
@@ -193,3 +204,9 @@ def shapeworld_sft(difficulty: str | Difficulty = "easy", resolution: int = 64, 
     sw = ShapeWorldStreams(difficulty, resolution, cache_dir=cache_dir, cache=cache)
     weights = {"sft": 1.0 - text_share, "text": text_share}
     return MixtureDataset({n: sw.stream(n) for n in weights}, weights, seed=seed, rank=rank, world_size=world_size)
+
+
+@lru_cache(maxsize=16)
+def _signed_seeds(d: Difficulty, start: int) -> tuple[int, ...]:
+    """The seeds in [start, start + OCR_GROUP) whose scene has a sign (scene graphs only: about 30 ms a group)."""
+    return tuple(s for s in range(start, start + OCR_GROUP) if make_scene(s, d).signs)
