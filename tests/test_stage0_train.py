@@ -68,6 +68,31 @@ def test_coca_trains_its_caption_decoder_and_the_encoder_with_it(tmp_path):
     assert result.model.caption_decoder is not None
 
 
+def test_coca_continues_from_an_exported_clip_and_from_a_clip_run(tmp_path):
+    """`init_from` on a clip run: the exported CLIP's (or a run's) weights, a fresh caption decoder beside them."""
+    from mm1lab.stage0.clip import CLIP
+    from mm1lab.stage0.config import CLIPConfig
+    from mm1lab.stage0.export import export_clip
+    from mm1lab.train.trainer import Trainer
+
+    torch.manual_seed(1)
+    source = CLIP(CLIPConfig.from_dict(SMALL_CLIP))
+    export_clip(source, tmp_path / "clip")
+    coca = dict(SMALL_CLIP, caption_weight=1.0, caption_depth=1)
+    cfg = run(tmp_path / "coca", "clip", model=coca, init_from=str(tmp_path / "clip"))
+    trainer = Trainer(TrainConfig.from_dict(cfg))
+    ours = trainer.model.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in source.state_dict().items())
+    assert any(k.startswith("caption_decoder.") for k in ours)
+    assert trainer.run().step == 6
+    # a clip run continues from a run folder too, and a model of another size is refused by name
+    plain = Trainer(TrainConfig.from_dict(run(tmp_path / "plain", "clip", init_from=str(tmp_path / "coca"))))
+    assert not any(k.startswith("caption_decoder.") for k in plain.model.state_dict())
+    wider = dict(SMALL_CLIP, embed_dim=48)
+    with pytest.raises(ValueError, match=r"init_from .*clip does not fit.*preset"):
+        Trainer(TrainConfig.from_dict(run(tmp_path / "wider", "clip", model=wider, init_from=str(tmp_path / "clip"))))
+
+
 def test_freezing_a_stage0_part_keeps_it_fixed(tmp_path):
     result = train(run(tmp_path, "clip", freeze=dict(text=True)))
     before = load_checkpoint(tmp_path / "checkpoints" / "step_00000003", weights_only=True).weights
@@ -81,6 +106,8 @@ def test_stage_configs_validate_parts_per_objective():
         TrainConfig.from_dict(dict(stage="clip", freeze=dict(lm=True)))
     with pytest.raises(ValueError, match="cannot go with init_from"):
         TrainConfig.from_dict(dict(stage="pretrain", init_from="x", pretrained=dict(lm="y")))
+    with pytest.raises(ValueError, match="objective 'aim' starts fresh"):
+        TrainConfig.from_dict(dict(stage="aim", init_from="x"))
     assert TrainConfig.from_dict(dict(stage="text")).freeze == dict(vision=True, connector=True, lm=False)
 
 

@@ -169,8 +169,10 @@ class TrainConfig:
     stage: str = "pretrain"
     name: str = "run"
     objective: str = "vlm"                  # vlm (MM1, also text-only LM training) | clip | aim (stage 0)
-    model: str | dict[str, Any] = "tiny"    # preset name or a config dict of the objective; ignored with init_from
-    init_from: str | None = None            # a run or checkpoint dir whose weights (and model config) start SFT
+    model: str | dict[str, Any] = "tiny"    # a preset name or a config dict; vlm ignores it with init_from
+    # vlm: a run or checkpoint dir whose weights (and model config) start SFT. clip: a clip run or an exported
+    # CLIP folder whose weights start continued pre-training of `model` (which must have its shapes)
+    init_from: str | None = None
     # Stage-0 parts a vlm run starts from: {"vision": HF CLIP/SigLIP folder or timm weights, "lm": HF Llama-family
     # folder}; their architectures replace `model`'s, which still gives the connector and vision.feature_layer.
     pretrained: dict[str, str] = field(default_factory=dict)
@@ -207,8 +209,8 @@ class TrainConfig:
         _check(not self.pretrained or (self.objective == "vlm" and self.init_from is None),
                "TrainConfig.pretrained starts a vlm run from stage-0 parts; it cannot go with init_from or "
                f"objective {self.objective!r}")
-        _check(self.objective == "vlm" or self.init_from is None,
-               f"TrainConfig.init_from continues an MM1 model; objective {self.objective!r} starts fresh")
+        _check(self.objective in ("vlm", "clip") or self.init_from is None,
+               f"TrainConfig.init_from continues an MM1 model or a CLIP; objective {self.objective!r} starts fresh")
         _check(self.steps > 0 and self.batch_size > 0, "TrainConfig.steps and batch_size must be positive")
         _check(self.micro_batch_size is None or self.micro_batch_size > 0,
                f"TrainConfig.micro_batch_size must be positive or null, got {self.micro_batch_size}")
@@ -223,7 +225,7 @@ class TrainConfig:
             frozen = sorted(p for p in (*self.lora.parts, *self.lora.full) if self.freeze[p])
             _check(not frozen, f"TrainConfig.freeze: {frozen} frozen, but lora.parts / lora.full train them; with "
                                "LoRA only those parts learn, so drop them from lora instead (or unfreeze them)")
-        if self.init_from is None:
+        if self.init_from is None or self.objective != "vlm":
             self.model_config()   # fail now, not after the data is built
 
     @property

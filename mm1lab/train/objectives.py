@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mm1lab.config import MM1Config
+from mm1lab.safetensors_io import read_json
 from mm1lab.train.config import OBJECTIVE_PARTS
 
 STREAM_KEYS = ("caption", "dense", "interleaved", "text", "sft", "other")   # "other": a stream not listed
@@ -68,6 +70,10 @@ class Objective:
     def data(self, cfg) -> tuple[Any, Callable]:
         """(sample source with state_dict/load_state_dict, collate function) for `cfg.data`."""
         raise NotImplementedError
+
+    def load_init(self, model: nn.Module, path: str) -> None:
+        """Load `init_from`'s weights into a freshly built `model` (objectives that can continue a run)."""
+        raise NotImplementedError(f"objective {self.name!r} cannot continue from init_from")
 
     def weight(self, mb: dict[str, Any]) -> int:
         """Loss units in a micro-batch."""
@@ -180,6 +186,27 @@ class CLIPObjective(Objective):
         v = self.model_cfg.vision
         shapes = negative_shapes(cfg.data) if self.model_cfg.hard_negatives else ()
         return build_source(cfg, v.image_size), PairCollator(load_data_tokenizer(), v, self.model_cfg.text, shapes)
+
+    def load_init(self, model, path):
+        """A clip run's checkpoint or an exported CLIP folder. With `caption_weight` > 0 and a source without a
+        caption decoder (an exported folder never has one), the decoder starts fresh: CoCa continued from CLIP.
+        A source's decoder that this model does not have is left out."""
+        from mm1lab.stage0.export import load_clip
+        from mm1lab.train.checkpoint import load_checkpoint
+
+        folder = Path(path)
+        exported = (folder / "config.json").exists() and read_json(folder / "config.json").get("model_type") == "clip"
+        weights = load_clip(folder).state_dict() if exported else load_checkpoint(folder, weights_only=True).weights
+        ours = model.state_dict()
+        decoder = "caption_decoder."   # CoCa's decoder may come or go: it is not part of the exported model
+        weights = {k: w for k, w in weights.items() if k in ours or not k.startswith(decoder)}
+        wrong = sorted(k for k in weights if k not in ours or weights[k].shape != ours[k].shape)
+        missing = sorted(k for k in ours if k not in weights and not k.startswith(decoder))
+        if wrong or missing:
+            raise ValueError(f"init_from {path} does not fit this run's model ({len(wrong)} weights with other "
+                             f"names or shapes, e.g. {(wrong or missing)[:3]}); give `model` the preset (or sizes) "
+                             "that the source was trained with, e.g. --set model=clip-tiny")
+        model.load_state_dict(weights, strict=False)
 
     def loss(self, forward, mb, device, n_micro):
         out = forward(mb["images"].to(device), mb["ids"].to(device))

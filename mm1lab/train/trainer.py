@@ -260,9 +260,11 @@ class Trainer:
 
     # ---- the model -------------------------------------------------------------------------------------
     def _build_model(self, resume) -> nn.Module:
-        """The run's model: resumed, started from `init_from` (SFT) or from stage-0 parts, or fresh; seeded."""
+        """The run's model: resumed, started from `init_from` (SFT, or a CLIP continued) or from stage-0 parts, or
+        fresh; seeded."""
         cfg = self.cfg
-        init = load_model(cfg.init_from).model if cfg.init_from and resume is None else None
+        continues = cfg.init_from and resume is None
+        init = load_model(cfg.init_from).model if continues and cfg.objective == "vlm" else None
         torch.manual_seed(cfg.seed)   # same init on every rank
         if cfg.pretrained and resume is None:
             model = build_from_parts(cfg)
@@ -276,6 +278,8 @@ class Trainer:
             model = self.objective.build()
             if init is not None:
                 model.load_state_dict(init.state_dict())
+            elif continues:   # a stage-0 model continues from its own kind's weights
+                self.objective.load_init(model, cfg.init_from)
         if resume is not None and resume.adapters is not None and not cfg.lora.enabled:
             raise ValueError(f"{resume.path} holds LoRA adapters but this config has lora.r=0; resume with the "
                              "run's own lora settings, or start a new out_dir")
