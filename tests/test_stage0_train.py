@@ -72,7 +72,7 @@ def test_coca_continues_from_an_exported_clip_and_from_a_clip_run(tmp_path):
     """`init_from` on a clip run: the exported CLIP's (or a run's) weights, a fresh caption decoder beside them."""
     from mm1lab.stage0.clip import CLIP
     from mm1lab.stage0.config import CLIPConfig
-    from mm1lab.stage0.export import export_clip
+    from mm1lab.stage0.export import export_clip, export_clip_vision
     from mm1lab.train.trainer import Trainer
 
     torch.manual_seed(1)
@@ -88,6 +88,9 @@ def test_coca_continues_from_an_exported_clip_and_from_a_clip_run(tmp_path):
     # a clip run continues from a run folder too, and a model of another size is refused by name
     plain = Trainer(TrainConfig.from_dict(run(tmp_path / "plain", "clip", init_from=str(tmp_path / "coca"))))
     assert not any(k.startswith("caption_decoder.") for k in plain.model.state_dict())
+    export_clip_vision(source, tmp_path / "vision")
+    with pytest.raises(ValueError, match=r"'clip_vision_model' folder; a clip run continues a whole CLIP"):
+        Trainer(TrainConfig.from_dict(run(tmp_path / "v", "clip", init_from=str(tmp_path / "vision"))))
     wider = dict(SMALL_CLIP, embed_dim=48)
     with pytest.raises(ValueError, match=r"init_from .*clip does not fit.*preset"):
         Trainer(TrainConfig.from_dict(run(tmp_path / "wider", "clip", model=wider, init_from=str(tmp_path / "clip"))))

@@ -195,8 +195,14 @@ class CLIPObjective(Objective):
         from mm1lab.train.checkpoint import load_checkpoint
 
         folder = Path(path)
-        exported = (folder / "config.json").exists() and read_json(folder / "config.json").get("model_type") == "clip"
-        weights = load_clip(folder).state_dict() if exported else load_checkpoint(folder, weights_only=True).weights
+        kind = read_json(folder / "config.json").get("model_type") if (folder / "config.json").exists() else None
+        if kind not in (None, "clip"):
+            raise ValueError(f"init_from {path} is a {kind!r} folder; a clip run continues a whole CLIP (an exported "
+                             "CLIPModel folder, text tower included) or a clip run's folder")
+        if kind == "clip":
+            weights = load_clip(folder).state_dict()
+        else:
+            weights = load_checkpoint(folder, weights_only=True).weights
         ours = model.state_dict()
         decoder = "caption_decoder."   # CoCa's decoder may come or go: it is not part of the exported model
         weights = {k: w for k, w in weights.items() if k in ours or not k.startswith(decoder)}
