@@ -1,4 +1,4 @@
-"""Command line for the data pipeline: `mm1lab data samples OUT_DIR`, `data prerender`, `data bench`.
+"""Command line for the data pipeline: `mm1lab data samples OUT_DIR`, `data prerender`, `data cache`, `data bench`.
 
 `add_data_commands(subparsers)` plugs these into the `mm1lab` CLI; `python -m mm1lab.data.cli samples data_samples/`
 runs them standalone.
@@ -26,6 +26,23 @@ def _prerender(args: argparse.Namespace) -> None:
     print(f"cached seeds [{args.start}, {args.stop}) at {args.resolution} px under {world.root}")
 
 
+def _cache(args: argparse.Namespace) -> None:
+    from mm1lab.data import render_cache
+
+    root, cap = render_cache.cache_root(), render_cache.cap_bytes()
+    if args.clear:
+        print(f"deleted {render_cache.clear(root) / 1e9:.2f} GB of rendered scenes from {root}")
+        return
+    folders = render_cache.usage(root)
+    total = sum(size for _, size in folders.values())
+    print(f"ShapeWorld render cache: {root} ($MM1LAB_CACHE)")
+    for folder, (files, size) in folders.items():
+        print(f"  {folder}: {files} blocks, {size / 1e9:.2f} GB")
+    limit = "no cap" if cap is None else f"cap {cap / 1e9:g} GB"
+    print(f"total {total / 1e9:.2f} GB ({limit}; $MM1LAB_CACHE_GB). Blocks are rendered again when needed, so "
+          "`mm1lab data cache --clear` is always safe.")
+
+
 def _bench(args: argparse.Namespace) -> None:
     from mm1lab.data.bench import bench_pipeline
 
@@ -36,7 +53,7 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def add_data_commands(subparsers) -> argparse.ArgumentParser:
-    """Add `data` (with `samples`, `prerender`, `bench`) to an argparse subparsers object."""
+    """Add `data` (with `samples`, `prerender`, `cache`, `bench`) to an argparse subparsers object."""
     data = subparsers.add_parser("data", help="ShapeWorld data, real-format samples, cache and pipeline benchmark")
     sub = data.add_subparsers(dest="data_command", required=True)
     p = sub.add_parser("samples", help="write tokenizer.json and a small sample of every real format")
@@ -48,6 +65,9 @@ def add_data_commands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--start", type=int, default=0)
     p.add_argument("--stop", type=int, default=65536)
     p.set_defaults(func=_prerender)
+    p = sub.add_parser("cache", help="where the render cache is, how big, its cap; --clear deletes it")
+    p.add_argument("--clear", action="store_true", help="delete every rendered block (they are rendered again)")
+    p.set_defaults(func=_cache)
     p = sub.add_parser("bench", help="samples/s of the pre-training pipeline (render + tokenize + collate)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16)

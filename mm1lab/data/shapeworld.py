@@ -6,7 +6,8 @@ text drawn at 6% of the image side is unreadable at 64 px and clear at 256 px.
 `Difficulty` holds the knobs (objects per scene, colours, shapes, sizes, text sizes, question mix); `DIFFICULTIES`
 has "easy" (the CPU demo: 1-4 large objects of one colour, learnable in minutes), "medium" and "hard".
 Rendering costs a few ms per scene, so `ShapeWorld` caches rendered blocks of consecutive seeds on disk
-(`~/.cache/mm1lab/shapeworld`, or $MM1LAB_CACHE), keyed by difficulty, resolution and seed block.
+(`~/.cache/mm1lab/shapeworld`, or $MM1LAB_CACHE), keyed by difficulty, resolution and seed block, under a size cap
+($MM1LAB_CACHE_GB, default 8; see render_cache.py).
 Seeds below 2**31 are for training; evaluation sets draw from 2**31 and above (see `evalsets.py`).
 """
 
@@ -29,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mm1lab.config import pick
+from mm1lab.data import render_cache
 
 RENDER_VERSION = 1   # bump when drawing changes, so stale caches are not reused
 COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 230), "yellow": (240, 220, 40),
@@ -249,12 +251,7 @@ def render(scene: Scene, resolution: int = 64, *, supersample: int = 2) -> Image
     return image.reduce(supersample) if supersample > 1 else image
 
 
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """Where rendered blocks live: `cache_dir`, else $MM1LAB_CACHE/shapeworld, else ~/.cache/mm1lab/shapeworld."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("MM1LAB_CACHE")
-    return Path(env) / "shapeworld" if env else Path.home() / ".cache" / "mm1lab" / "shapeworld"
+_TRIM_WARNED: set[Path] = set()     # cache folders whose trim this process has reported
 
 
 class ShapeWorld:
@@ -270,11 +267,14 @@ class ShapeWorld:
         self.difficulty = get_difficulty(difficulty)
         self.resolution = resolution
         self.cache = cache
-        self.root = cache_root(cache_dir) / self.difficulty.key() / f"{resolution}px"
+        self.base = render_cache.cache_root(cache_dir)
+        self.root = self.base / self.difficulty.key() / f"{resolution}px"
         # about one second of rendering per block; large images come in smaller blocks
         self.block_size = block_size or max(4, 256 * 64 * 64 // (resolution * resolution))
         self._blocks: OrderedDict[int, np.ndarray] = OrderedDict()
         self._unwritable = False   # set when the cache's disk is full or read-only
+        self._writes = 0           # blocks this instance wrote; the cache's size is checked on the first, then
+                                   # every render_cache.CHECK_EVERY
 
     def scene(self, seed: int) -> Scene:
         """The scene graph of `seed`."""
@@ -299,7 +299,8 @@ class ShapeWorld:
         if path.exists():
             try:
                 arr = np.load(path, mmap_mode="r")
-            except (ValueError, OSError):   # a damaged cache file: render again
+                render_cache.mark_used(path)
+            except (ValueError, OSError):   # a damaged cache file, or one a trim just deleted: render again
                 arr = self._render_block(block, path)
         else:
             arr = self._render_block(block, path)
@@ -322,6 +323,7 @@ class ShapeWorld:
             with open(tmp, "wb") as f:
                 np.save(f, arr)
             os.replace(tmp, path)   # atomic: concurrent workers never read half a file
+            self._trim(path)
         except OSError as error:
             with contextlib.suppress(OSError):   # nothing to remove when the folder was never made
                 tmp.unlink()
@@ -332,8 +334,28 @@ class ShapeWorld:
                           " it is rebuilt as needed.", stacklevel=2)
         return arr
 
+    def _trim(self, written: Path) -> None:
+        """Keep the cache under its cap ($MM1LAB_CACHE_GB): on this instance's first write, then every
+        CHECK_EVERY writes, delete the blocks used longest ago. Says so once per cache folder and process."""
+        self._writes += 1
+        cap = render_cache.cap_bytes()
+        if cap is None or (self._writes - 1) % render_cache.CHECK_EVERY:
+            return
+        removed, freed = render_cache.trim(self.base, cap, keep=written)
+        if removed and self.base not in _TRIM_WARNED:
+            _TRIM_WARNED.add(self.base)
+            warnings.warn(f"ShapeWorld's render cache in {self.base} passed its cap of {cap / 1e9:g} GB, so the "
+                          f"{removed} blocks used longest ago ({freed / 1e9:.2f} GB) were deleted; they are rendered "
+                          "again if needed. Set $MM1LAB_CACHE_GB to change the cap (0: none); `mm1lab data cache` "
+                          "shows what the cache holds.", stacklevel=3)
+
     def prerender(self, start: int, stop: int) -> None:
-        """Fill the cache for seeds [start, stop) ahead of training."""
+        """Fill the cache for seeds [start, stop) ahead of training. Refuses more than the cache's cap would keep."""
+        need, cap = (stop - start) * self.resolution ** 2 * 3, render_cache.cap_bytes()
+        if cap is not None and need > cap:
+            raise ValueError(f"prerendering {stop - start} scenes at {self.resolution} px takes about {need / 1e9:.1f} "
+                             f"GB, more than the render cache's cap of {cap / 1e9:g} GB: the first blocks would be "
+                             "deleted before training reads them. Raise $MM1LAB_CACHE_GB, or prerender fewer seeds.")
         for block in range(start // self.block_size, (stop - 1) // self.block_size + 1):
             self._block(block)
 
