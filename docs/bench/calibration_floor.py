@@ -42,16 +42,19 @@ def main() -> None:
     p.add_argument("--train", type=int, nargs="+", default=[2048, 8192], help="probe training scenes")
     p.add_argument("--test", type=int, default=1024, help="held-out probe test scenes")
     p.add_argument("--seeds", type=int, default=2, help="probe seeds (the features are the same; the probe's init)")
+    p.add_argument("--retrieval", type=int, default=256, help="scenes to retrieve among")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from mm1lab.data.tokenizer import load_tokenizer
 
-    header = ["folder", "R@1 among 256"] + [f"{a} probe, {n} train" for a in ("count", "shape") for n in args.train]
+    header = ["folder", f"R@1 among {args.retrieval}"]
+    header += [f"{a} probe, {n} train" for a in ("count", "shape") for n in args.train]
     rows = []
     for folder in args.folders:
         encoder, clip = load_encoder(folder)
-        row = [f"`{folder}`", "-" if clip is None else f"{E.retrieval(clip, load_tokenizer(), n=256)['score']:.3f}"]
+        r1 = None if clip is None else E.retrieval(clip, load_tokenizer(), n=args.retrieval)["score"]
+        row = [f"`{folder}`", "-" if r1 is None else f"{r1:.3f}"]
         for attr in ("count", "shape"):
             for n_train in args.train:
                 runs = [E.linear_probe(encoder, attr, n_train=n_train, n_test=args.test, seed=s)
