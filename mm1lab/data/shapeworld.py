@@ -323,7 +323,6 @@ class ShapeWorld:
             with open(tmp, "wb") as f:
                 np.save(f, arr)
             os.replace(tmp, path)   # atomic: concurrent workers never read half a file
-            self._trim(path)
         except OSError as error:
             with contextlib.suppress(OSError):   # nothing to remove when the folder was never made
                 tmp.unlink()
@@ -332,6 +331,8 @@ class ShapeWorld:
                           "on rendering without it, which is slower. Free disk space, or set $MM1LAB_CACHE to a "
                           f"disk with room. The cache can be deleted at any time (rm -r {self.root.parent.parent}):"
                           " it is rebuilt as needed.", stacklevel=2)
+        else:   # only a write that landed counts towards the cap; a failed trim is not a failed write
+            self._trim(path)
         return arr
 
     def _trim(self, written: Path) -> None:
