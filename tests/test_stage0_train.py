@@ -187,3 +187,25 @@ def test_ship_regenerates_every_stage0_folder_in_smoke_mode(tmp_path):
                                     dict(kind="avgpool", num_tokens=16))
     assert model.cfg.vision.image_size == 64 and not model.cfg.vision.cls_token
     assert "clip-tiny-128" in (tmp_path / "s0" / "README.md").read_text()
+
+
+    # --score-only scores the shipped folders again and keeps their weights and training record
+    info_path = tmp_path / "s0" / "clip-tiny" / "mm1lab_stage0.json"
+    before = json.loads(info_path.read_text())
+    weights = {p.name: p.read_bytes() for p in (tmp_path / "s0" / "clip-tiny").glob("*.safetensors")}
+    info_path.write_text(json.dumps({**before, "scores": {"probe": {"count": {"score": -1.0, "n": 0}}}}))
+    done = subprocess.run([sys.executable, "-m", "mm1lab", "stage0", "ship", "--score-only", "--smoke", "--only",
+                           "clip-tiny", "--out", str(tmp_path / "s0")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    after = json.loads(info_path.read_text())
+    assert after["scores"] == before["scores"] and after["rescored"]         # the planted -1.0 was scored again
+    assert {k: after[k] for k in ("steps", "train_seconds", "final_loss")} == \
+        {k: before[k] for k in ("steps", "train_seconds", "final_loss")}
+    assert weights and {p.name: p.read_bytes() for p in (tmp_path / "s0" / "clip-tiny").glob("*.safetensors")} == weights
+    assert "scored again" in (tmp_path / "s0" / "README.md").read_text()
+    low, high = after["scores"]["probe"]["count"]["interval"]
+    assert low <= after["scores"]["probe"]["count"]["score"] <= high
+    missing = subprocess.run([sys.executable, "-m", "mm1lab", "stage0", "ship", "--score-only", "--smoke", "--only",
+                              "clip-tiny", "--out", str(tmp_path / "elsewhere")], capture_output=True, text=True,
+                             timeout=300)
+    assert missing.returncode != 0 and "mm1lab stage0 ship --only clip-tiny" in missing.stderr

@@ -4,6 +4,7 @@
     mm1lab stage0 export runs/stage0-clip-tiny --out my-clip   # a training run -> a transformers folder
     mm1lab stage0 eval stage0/clip-tiny                   # zero-shot, retrieval and probes, beside chance
     mm1lab stage0 ship [--only clip-tiny,lm-tiny]         # regenerate the shipped stage0/ folders
+    mm1lab stage0 ship --score-only                       # score them again, weights and training record kept
 """
 
 from __future__ import annotations
@@ -50,9 +51,13 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _ship(args: argparse.Namespace) -> int:
-    from mm1lab.stage0.ship import ship
+    from mm1lab.stage0.ship import rescore, ship
 
-    ship(args.only.split(",") if args.only else None, out=args.out, runs=args.runs, smoke=args.smoke)
+    names = args.only.split(",") if args.only else None
+    if args.score_only:
+        rescore(names, out=args.out, smoke=args.smoke)
+    else:
+        ship(names, out=args.out, runs=args.runs, smoke=args.smoke)
     return 0
 
 
@@ -73,4 +78,6 @@ def add_stage0_commands(subparsers) -> None:
     s.add_argument("--out", default="stage0", help="where the folders go (default: stage0/)")
     s.add_argument("--runs", default="runs/stage0", help="where the training runs go (resumable)")
     s.add_argument("--smoke", action="store_true", help="2 steps each, tiny scoring sets (for tests)")
+    s.add_argument("--score-only", action="store_true",
+                   help="score the shipped folders again without training (weights and training times kept)")
     s.set_defaults(func=_ship)

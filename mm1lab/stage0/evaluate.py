@@ -28,6 +28,7 @@ from torch import Tensor
 from mm1lab.data.collate import preprocess_image
 from mm1lab.data.shapeworld import POSITIONS, WORDS, Scene, ShapeWorld, get_difficulty
 from mm1lab.data.text import NUMBER_WORDS, dense_caption
+from mm1lab.eval.scoring import bootstrap_interval
 
 STAGE0_EVAL_BASE = 2**32           # held-out scenes for stage-0 evaluation; probe training scenes above it
 PROBE_TRAIN_OFFSET = 2**24
@@ -207,5 +208,5 @@ def linear_probe(encoder, name: str, *, n_train: int = 2048, n_test: int = 512, 
         opt.step()
     with torch.no_grad():
         predicted = probe(f_test).argmax(1).tolist()
-    accuracy = sum(label_set[p] == y for p, y in zip(predicted, y_test)) / n_test
-    return dict(score=accuracy, n=n_test, **chance(y_test, label_set))
+    right = [float(label_set[p] == y) for p, y in zip(predicted, y_test)]
+    return dict(score=sum(right) / n_test, interval=bootstrap_interval(right), n=n_test, **chance(y_test, label_set))
