@@ -192,7 +192,10 @@ def test_ship_regenerates_every_stage0_folder_in_smoke_mode(tmp_path):
     # --score-only scores the shipped folders again and keeps their weights and training record
     info_path = tmp_path / "s0" / "clip-tiny" / "mm1lab_stage0.json"
     before = json.loads(info_path.read_text())
-    weights = {p.name: p.read_bytes() for p in (tmp_path / "s0" / "clip-tiny").glob("*.safetensors")}
+    def weights():
+        return {p.name: p.read_bytes() for p in (tmp_path / "s0" / "clip-tiny").glob("*.safetensors")}
+
+    shipped_weights = weights()
     info_path.write_text(json.dumps({**before, "scores": {"probe": {"count": {"score": -1.0, "n": 0}}}}))
     done = subprocess.run([sys.executable, "-m", "mm1lab", "stage0", "ship", "--score-only", "--smoke", "--only",
                            "clip-tiny", "--out", str(tmp_path / "s0")], capture_output=True, text=True, timeout=600)
@@ -201,7 +204,7 @@ def test_ship_regenerates_every_stage0_folder_in_smoke_mode(tmp_path):
     assert after["scores"] == before["scores"] and after["rescored"]         # the planted -1.0 was scored again
     assert {k: after[k] for k in ("steps", "train_seconds", "final_loss")} == \
         {k: before[k] for k in ("steps", "train_seconds", "final_loss")}
-    assert weights and {p.name: p.read_bytes() for p in (tmp_path / "s0" / "clip-tiny").glob("*.safetensors")} == weights
+    assert shipped_weights and weights() == shipped_weights
     assert "scored again" in (tmp_path / "s0" / "README.md").read_text()
     low, high = after["scores"]["probe"]["count"]["interval"]
     assert low <= after["scores"]["probe"]["count"]["score"] <= high
