@@ -86,7 +86,8 @@ class Collator:
         tokenizer: an `MM1Tokenizer`.
         cfg: an `MM1Config`; gives k (image_tokens), the image size and normalisation, max_images, max_seq_len.
         max_len: tokens per row (default cfg.lm.max_seq_len).
-        pack: concatenate several samples per row (documents attend to each other; `segment_ids` tells them apart).
+        pack: concatenate several samples per row; `segment_ids` tells them apart, and the model lets each attend
+            only to itself (document-masked packing).
         pad_to_max: pad every row to `max_len` instead of to the longest row.
         high_res: sub-image decomposition (5 encoder images per image).
         truncate: streams whose over-long samples are cut (at an image boundary) instead of skipped.
