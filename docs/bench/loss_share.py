@@ -23,14 +23,22 @@ from mm1lab.train.config import TrainConfig
 from mm1lab.train.trainer import Trainer
 
 
-def targets(batch: dict) -> torch.Tensor:
-    """The target ids that take loss, masked the way `mm1lab.train.data.loss_tokens` counts them."""
+def targets(batch: dict, question: int, answer: int, image: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target ids that take loss (masked the way `mm1lab.train.data.loss_tokens` counts them), and whether each
+    lies inside a pre-training question ("Question: ... Answer:"): a word there is drawn at random, not read from
+    the image. SFT masks its questions, so none of its targets lie inside one."""
     labels = batch["labels"]
     for key in ("loss_mask", "attention_mask"):
         if batch.get(key) is not None:
             labels = labels.masked_fill(~batch[key].bool(), IGNORE)
-    labels = labels[:, 1:]
-    return labels[labels != IGNORE]
+    ids = batch["input_ids"]
+    at = torch.arange(ids.shape[1]).expand_as(ids)
+    last_open = torch.where(ids == question, at, -1).cummax(1).values
+    last_close = torch.where((ids == answer) | (ids == image), at, -1).cummax(1).values   # an answer or an image
+    inside = last_open > last_close
+    labels, inside = labels[:, 1:], inside[:, 1:]
+    keep = labels != IGNORE
+    return labels[keep], inside[keep]
 
 
 def word_ids(words) -> torch.Tensor:
@@ -46,22 +54,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="global batches to draw from each")
     args = parser.parse_args()
     shape_ids, colour_ids = word_ids(SHAPES), word_ids(COLORS)
-    print("| config | batch | targets per step | shape words per step | share | colour words per step | share |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    tok = load_tokenizer()
+    markers = dict(question=tok.encode("Question")[0], answer=tok.encode(" Answer")[0], image=tok.image_id)
+    print("| config | batch | targets per step | shape words per step (in questions) | share outside questions "
+          "| colour words per step (in questions) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for path in args.configs:
         with tempfile.TemporaryDirectory() as out:
             cfg = TrainConfig.load(path, [f"out_dir={out}", "track.progress=false", "track.tensorboard=false"])
             trainer = Trainer(cfg)
-            total = shapes = colours = 0
+            total, shapes, colours = 0, torch.zeros(2), torch.zeros(2)     # [outside, inside] questions
             for _ in range(args.steps):
                 for batch in trainer.batches.next_step():
-                    t = targets(batch)
+                    t, inside = targets(batch, **markers)
                     total += t.numel()
-                    shapes += int(torch.isin(t, shape_ids).sum())
-                    colours += int(torch.isin(t, colour_ids).sum())
+                    for counts, ids in ((shapes, shape_ids), (colours, colour_ids)):
+                        hit = torch.isin(t, ids)
+                        counts += torch.stack([(hit & ~inside).sum(), (hit & inside).sum()])
         n = args.steps
-        print(f"| {path} | {cfg.batch_size} | {total / n:.0f} | {shapes / n:.1f} | {shapes / total:.3f} | "
-              f"{colours / n:.1f} | {colours / total:.3f} |")
+        print(f"| {path} | {cfg.batch_size} | {total / n:.0f} | {shapes.sum() / n:.1f} ({shapes[1] / n:.1f}) | "
+              f"{shapes[0] / total:.3f} | {colours.sum() / n:.1f} ({colours[1] / n:.1f}) |")
 
 
 if __name__ == "__main__":
