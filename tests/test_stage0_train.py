@@ -188,10 +188,10 @@ def test_ship_regenerates_every_stage0_folder_in_smoke_mode(tmp_path):
     assert model.cfg.vision.image_size == 64 and not model.cfg.vision.cls_token
     assert "clip-tiny-128" in (tmp_path / "s0" / "README.md").read_text()
 
-
     # --score-only scores the shipped folders again and keeps their weights and training record
     info_path = tmp_path / "s0" / "clip-tiny" / "mm1lab_stage0.json"
     before = json.loads(info_path.read_text())
+
     def weights():
         return {p.name: p.read_bytes() for p in (tmp_path / "s0" / "clip-tiny").glob("*.safetensors")}
 

@@ -1,5 +1,5 @@
 """How much of a run's loss is about shape? Count the targets that take loss in a run's own batches.
-(docs/stage0.md, "Why k-shot shape, position and POPE stay at baseline")
+(docs/stage0.md, "Pre-training learns shape at 3,000 steps, and sooner with more shape questions")
 
     OMP_NUM_THREADS=1 python docs/bench/loss_share.py <run>/config.yaml [MORE ...] --steps 20
 
@@ -16,9 +16,9 @@ import tempfile
 
 import torch
 
-from mm1lab.data.shapeworld import COLORS, SHAPES
-from mm1lab.data.tokenizer import load_tokenizer
 from mm1lab.config import IGNORE
+from mm1lab.data.shapeworld import COLORS, SHAPES
+from mm1lab.data.tokenizer import MM1Tokenizer, load_tokenizer
 from mm1lab.train.config import TrainConfig
 from mm1lab.train.trainer import Trainer
 
@@ -41,9 +41,8 @@ def targets(batch: dict, question: int, answer: int, image: int) -> tuple[torch.
     return labels[keep], inside[keep]
 
 
-def word_ids(words) -> torch.Tensor:
-    """The single-token ids of " word" (how a word reads after a space: in captions and after "ASSISTANT:")."""
-    tok = load_tokenizer()
+def word_ids(tok: MM1Tokenizer, words) -> torch.Tensor:
+    """The single-token ids of " word": how a word reads after a space, in captions and in answers."""
     ids = [tok.encode(" " + w) for w in words]
     return torch.tensor([i[0] for i in ids if len(i) == 1])
 
@@ -53,8 +52,8 @@ def main() -> None:
     parser.add_argument("configs", nargs="+", help="training configs (a run's config.yaml)")
     parser.add_argument("--steps", type=int, default=20, help="global batches to draw from each")
     args = parser.parse_args()
-    shape_ids, colour_ids = word_ids(SHAPES), word_ids(COLORS)
     tok = load_tokenizer()
+    shape_ids, colour_ids = word_ids(tok, SHAPES), word_ids(tok, COLORS)
     markers = dict(question=tok.encode("Question")[0], answer=tok.encode(" Answer")[0], image=tok.image_id)
     print("| config | batch | targets per step | shape words per step (in questions) | share outside questions "
           "| colour words per step (in questions) |")

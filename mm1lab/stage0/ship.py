@@ -19,6 +19,7 @@ folder's `mm1lab_stage0.json`; a test reloads the shipped folders and reproduces
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,7 +144,7 @@ def ship(names: list[str] | None = None, *, out: str | Path = ROOT / "stage0", r
         start = time.perf_counter()
         info["scores"] = score(spec.kind, folder, smoke=smoke)
         info["score_seconds"] = round(time.perf_counter() - start, 1)
-        (folder / "mm1lab_stage0.json").write_text(json.dumps(info, indent=2) + "\n")
+        write_record(folder, info)
         progress(f"stage0 {name}: {json.dumps(info['scores'])[:300]}")
         recorded[name] = info
     if not smoke or out != ROOT / "stage0":
@@ -171,7 +172,7 @@ def rescore(names: list[str] | None = None, *, out: str | Path = ROOT / "stage0"
         info["scores"] = score(info["kind"], out / name, smoke=smoke)
         info["score_seconds"] = round(time.perf_counter() - start, 1)
         info["rescored"] = time.strftime("%Y-%m-%d")
-        (out / name / "mm1lab_stage0.json").write_text(json.dumps(info, indent=2) + "\n")
+        write_record(out / name, info)
         progress(f"stage0 {name}: {json.dumps(info['scores'])[:300]}")
     if not smoke or out != ROOT / "stage0":
         (out / "README.md").write_text(readme(recorded))
@@ -196,6 +197,14 @@ def export(kind: str, model, folder: Path, info: dict, *, vision_only: bool = Fa
     if kind == "aim":
         return export_aim(model, folder, info=info)
     return export_lm(model.lm, load_tokenizer(), folder, info=info)
+
+
+def write_record(folder: Path, info: dict[str, Any]) -> None:
+    """`folder/mm1lab_stage0.json`, replaced in one step: an interrupted write leaves the old record, not half a
+    new one."""
+    tmp = folder / "mm1lab_stage0.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, folder / "mm1lab_stage0.json")
 
 
 def read_recorded(out: Path) -> dict[str, Any]:
