@@ -141,12 +141,7 @@ def ship(names: list[str] | None = None, *, out: str | Path = ROOT / "stage0", r
         if resumed_at:     # an interrupted ship resumed: the time covers only the steps trained in this call
             info["resumed_at_step"] = resumed_at
         folder = export(spec.kind, result.model, out / name, info, vision_only=spec.vision_only)
-        start = time.perf_counter()
-        info["scores"] = score(spec.kind, folder, smoke=smoke)
-        info["score_seconds"] = round(time.perf_counter() - start, 1)
-        write_record(folder, info)
-        progress(f"stage0 {name}: {json.dumps(info['scores'])[:300]}")
-        recorded[name] = info
+        recorded[name] = score_and_record(folder, info, smoke=smoke, progress=progress)
     if not smoke or out != ROOT / "stage0":
         (out / "README.md").write_text(readme({**read_recorded(out), **recorded}))
     return recorded
@@ -166,14 +161,9 @@ def rescore(names: list[str] | None = None, *, out: str | Path = ROOT / "stage0"
                                 f"train {'it' if len(missing) == 1 else 'them'} first with `mm1lab stage0 ship --only "
                                 f"{','.join(missing)}`")
     for name in names:
-        info = recorded[name]
         progress(f"stage0 {name}: scoring {out / name} again (weights and training record kept)")
-        start = time.perf_counter()
-        info["scores"] = score(info["kind"], out / name, smoke=smoke)
-        info["score_seconds"] = round(time.perf_counter() - start, 1)
-        info["rescored"] = time.strftime("%Y-%m-%d")
-        write_record(out / name, info)
-        progress(f"stage0 {name}: {json.dumps(info['scores'])[:300]}")
+        recorded[name]["rescored"] = time.strftime("%Y-%m-%d")
+        score_and_record(out / name, recorded[name], smoke=smoke, progress=progress)
     if not smoke or out != ROOT / "stage0":
         (out / "README.md").write_text(readme(recorded))
     return {name: recorded[name] for name in names}
@@ -197,6 +187,16 @@ def export(kind: str, model, folder: Path, info: dict, *, vision_only: bool = Fa
     if kind == "aim":
         return export_aim(model, folder, info=info)
     return export_lm(model.lm, load_tokenizer(), folder, info=info)
+
+
+def score_and_record(folder: Path, info: dict[str, Any], *, smoke: bool, progress=print) -> dict[str, Any]:
+    """Score `folder` into `info` (its scores and score time) and write the record; returns `info`."""
+    start = time.perf_counter()
+    info["scores"] = score(info["kind"], folder, smoke=smoke)
+    info["score_seconds"] = round(time.perf_counter() - start, 1)
+    write_record(folder, info)
+    progress(f"stage0 {info['name']}: {json.dumps(info['scores'])[:300]}")
+    return info
 
 
 def write_record(folder: Path, info: dict[str, Any]) -> None:
