@@ -94,6 +94,7 @@ CORPORA = sorted((ROOT / "configs").glob("pretrain-*-corpora-gpu.yaml"))
 def test_gpu_pretraining_recipes_are_fsdp_bf16_compiled_and_split_over_8_nodes(path):
     cfg = TrainConfig.load(path)
     assert (cfg.parallel, cfg.precision, cfg.compile, cfg.data.pack) == ("fsdp", "bf16", True, True)
+    assert cfg.data.pad_to_seq_len   # one row width: compiled code is not compiled again per width
     micro, _ = cfg.accumulation(64)   # 8 nodes x 8 GPUs
     assert cfg.data.num_workers > 0 and cfg.data.shards % (micro * 64 * cfg.data.num_workers) == 0 or \
         cfg.data.source == "shapeworld" and cfg.data.shards % (micro * 8 * cfg.data.num_workers) == 0
@@ -114,3 +115,17 @@ def test_corpora_recipes_read_caption_tars_obelics_and_text_jsonl(path):
     streams = {s for b in step for row in b["stream"] for s in row.split("+")}   # packed rows: "caption+text"
     assert {"caption", "interleaved"} <= streams <= {"caption", "interleaved", "text"}
     assert all(b["images"] is not None and b["images"].shape[-1] == 64 for b in step)
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_pad_to_seq_len_gives_every_packed_batch_one_width(pad):
+    """Packed rows are padded to the batch's longest by default (less work on a CPU) and to data.seq_len with
+    pad_to_seq_len (one shape on a GPU: the FlexAttention kernel was compiled again for each new width, hit
+    torch's recompile limit and fell back to its unfused form, docs/benchmarks.md)."""
+    from mm1lab.train.data import build_data
+
+    cfg = TrainConfig.load(ROOT / "configs" / "pretrain-tiny.yaml", ["data.pack=true", f"data.pad_to_seq_len={pad}"])
+    source, collate = build_data(cfg, cfg.model_config())
+    samples = iter(source.read_shard(0, 1))
+    widths = {collate([next(samples)[0] for _ in range(8)])["input_ids"].shape[1] for _ in range(4)}
+    assert widths == {cfg.data.seq_len} if pad else max(widths) <= cfg.data.seq_len and len(widths) > 1

@@ -35,16 +35,24 @@ def best_time(fn, *, repeats: int = 5, min_time: float = 0.05) -> float:
 
 
 def matmul_peak(dtype: torch.dtype = torch.float32, sizes: tuple[int, ...] = (512, 1024, 2048),
-                repeats: int = 5) -> dict[str, float]:
+                repeats: int = 5, device: str | torch.device = "cpu") -> dict[str, float]:
     """Best GFLOP/s of an n x n x n matmul (2n^3 FLOPs) over `sizes`: {"gflops": GFLOP/s, "size": that n}.
 
-    The one matmul peak of the package: every MFU in mm1lab divides by its "gflops".
+    The one matmul peak of the package: every MFU in mm1lab divides by its "gflops". On a GPU each timed product
+    waits for the device (random data: zeros run faster on some GPUs), so pass sizes that fill it, e.g. 8192.
     """
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     best, best_n = 0.0, sizes[0]
     for n in sizes:
-        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-        out = torch.empty(n, n, dtype=dtype)
-        seconds = best_time(lambda a=a, b=b, out=out: torch.mm(a, b, out=out), repeats=repeats)
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        out = torch.empty(n, n, dtype=dtype, device=device)
+
+        def product(a=a, b=b, out=out) -> None:
+            torch.mm(a, b, out=out)
+            sync()
+
+        seconds = best_time(product, repeats=repeats)
         rate = 2 * n ** 3 / seconds / 1e9
         if rate > best:
             best, best_n = rate, n

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mm1lab.config import ConfigError, VisionConfig, plain
+from mm1lab.config import VIT_L14_336, ConfigError, VisionConfig, plain
 from mm1lab.stage0.config import AIMConfig, CLIPConfig
 
 VISION = {   # encoder size -> ViT shape (resolution added per preset)
@@ -32,6 +32,10 @@ def _presets() -> dict[str, dict[str, Any]]:
             # AIM's trunk has no CLS token and no pre-norm, and a biased patch embedding (as in the paper).
             presets[f"aim-{suffix}"] = dict(objective="aim", name=f"aim-{suffix}", vision=_vision(
                 size, res, cls_token=False, pre_norm=False, patch_bias=True))
+    # For GPUs: the ablation base's encoder (ViT-L/14 at 336 px, MM1 section 3) with CLIP ViT-L/14's text tower
+    # (768 wide, 12 layers, 77 tokens) and joint embedding; `python -m mm1lab.stage0.throughput` measures it.
+    presets["clip-l14-336"] = dict(objective="clip", name="clip-l14-336", vision=dict(VIT_L14_336, act="quick_gelu"),
+                                   text=dict(width=768, depth=12, heads=12, max_len=77), embed_dim=768)
     return presets
 
 

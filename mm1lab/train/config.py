@@ -97,6 +97,9 @@ class DataConfig:
     files: dict[str, list[str]] = field(default_factory=dict)
     seq_len: int = 256                      # tokens per row
     pack: bool = False                      # pack several samples per row
+    # Pad every row to seq_len rather than to the batch's longest: one shape, so compiled code (compile: true, and
+    # the FlexAttention kernel of packed rows on CUDA) is not compiled again for every new row width. GPU configs.
+    pad_to_seq_len: bool = False
     num_workers: int = 0                    # DataLoader workers per rank (0: in the training process); resume is exact
     shards: int = 64                        # the data is read in this many shards (a multiple of micro x ranks x
                                             # workers); fixed for a run, so any split reads the same samples

@@ -82,4 +82,5 @@ def build_shapeworld(cfg, model_cfg: MM1Config) -> tuple[Any, Any]:
         raise ValueError(f"data.seq_len={d.seq_len} exceeds the model's lm.max_seq_len={model_cfg.lm.max_seq_len}")
     # High resolution renders at twice the encoder's size, so the 2x2 crops carry real detail (MM1's sub-images).
     source = build_source(cfg, model_cfg.vision.image_size * (2 if d.high_res else 1))
-    return source, Collator(tok, model_cfg, max_len=d.seq_len, pack=d.pack, high_res=d.high_res)
+    return source, Collator(tok, model_cfg, max_len=d.seq_len, pack=d.pack, pad_to_max=d.pad_to_seq_len,
+                            high_res=d.high_res)
