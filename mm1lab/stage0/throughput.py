@@ -12,7 +12,9 @@ Two figures, so that the data pipeline's share shows:
 MFU = model FLOP/s / the matmul peak of the same dtype measured in the same process (`matmul_peak`). The FLOPs of a
 step are counted by torch's FlopCounterMode on one forward pass of a real batch, x3 for training (PaLM's convention:
 the backward pass costs twice the forward), so the count covers both towers, their attention and the b x b logits.
-The trainer's captions are padded to each batch's longest, so its MFU uses the pool's FLOPs per pair: close, not exact.
+The pool's captions are padded to the text tower's full length and the trainer's to each batch's longest, so the
+trainer's MFU, counted with the pool's FLOPs per pair, can be slightly high (clip-l14-336's text tower is about 5%
+of a pair's FLOPs).
 """
 
 from __future__ import annotations
@@ -95,12 +97,13 @@ def make_pool(cfg: Any, batches: int, device: torch.device) -> list[tuple[torch.
     from mm1lab.train.objectives import OBJECTIVES
 
     objective = OBJECTIVES["clip"](cfg.model_config())
+    text = objective.model_cfg.text
     source, collate = objective.data(cfg)
     samples = iter(source.read_shard(0, 1))
     pool = []
     for _ in range(batches):
         batch = collate([next(samples)[0] for _ in range(cfg.batch_size)])
-        ids = torch.zeros(len(batch["ids"]), objective.model_cfg.text.max_len, dtype=torch.long)
+        ids = torch.full((len(batch["ids"]), text.max_len), text.pad_token_id, dtype=torch.long)
         ids[:, : batch["ids"].shape[1]] = batch["ids"]
         pool.append((batch["images"].to(device), ids.to(device)))
     return pool
