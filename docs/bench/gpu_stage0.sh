@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One GPU lease's measurements (docs/benchmarks.md, "Stage 0 on a GPU"), from the repository root:
+# One GPU lease's measurements (docs/benchmarks.md, "Stage 0 and the ablation base on one H200 GPU"), from the
+# repository root:
 #   bash docs/bench/gpu_stage0.sh OUT_DIR
 # 1. CLIP pre-training of the ablation base's encoder (clip-l14-336: ViT-L/14 at 336 px, CLIP-L's text tower):
 #    the model alone on pre-rendered batches (eager), `mm1lab train` for 100 s, then the model compiled

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The ablation-base VLM through the trainer on one GPU (docs/benchmarks.md, "Stage 0 on a GPU"), from the
-# repository root:   bash docs/bench/gpu_vlm.sh OUT_DIR [SECONDS]
+# The ablation-base VLM through the trainer on one GPU (docs/benchmarks.md, "Stage 0 and the ablation base on one
+# H200 GPU"), from the repository root:   bash docs/bench/gpu_vlm.sh OUT_DIR [SECONDS]
 # configs/pretrain-ablation-base-gpu.yaml with 64-sample steps, eager, until the time limit stops it (exit 124);
 # its metrics.jsonl gives tokens/s and images/s, and MFU is computed afterwards from mm1lab.flops and the bf16
 # matmul peak that gpu_stage0.sh measured. TORCH_LOGS=recompiles shows whether a kernel is compiled again.

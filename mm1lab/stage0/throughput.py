@@ -135,7 +135,6 @@ def trainer_throughput(cfg: Any, seconds: float) -> dict[str, Any]:
     from mm1lab.train.trainer import Trainer
 
     start = time.perf_counter()
-    trainer: Trainer | None = None
 
     def stop_when_due(record: dict[str, Any]) -> None:
         if time.perf_counter() - start > seconds:
