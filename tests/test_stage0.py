@@ -126,6 +126,21 @@ def test_a_stage0_preset_takes_changed_fields():
     assert not stage0_config("clip", "clip-tiny").hard_negatives
 
 
+def test_text_tower_refuses_captions_without_the_end_token_and_clip_compiles_in_one_graph():
+    cfg = stage0_config("clip", "clip-tiny")
+    model = CLIP(cfg).eval()
+    ids = torch.randint(5, 100, (3, 12))
+    ids[:, 8] = cfg.text.eot_token_id
+    with pytest.raises(ValueError, match="end-of-text token"):
+        model.text(ids[:, :8])               # eager: a caption cut before its end token is named, not read wrong
+    # Compiled, the check drops out rather than reading a value back from the device: the whole forward pass,
+    # loss included, is one graph (fullgraph=True raises at any break).
+    images = torch.randn(3, 3, cfg.vision.image_size, cfg.vision.image_size)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(images, ids).loss, model(images, ids).loss)
+
+
 def test_contrastive_losses_reward_the_matching_pairs():
     good, bad = torch.eye(4) * 10, torch.ones(4, 4)
     assert clip_loss(good) < 0.01 < clip_loss(bad)
