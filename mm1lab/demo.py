@@ -61,6 +61,10 @@ PLAN = {
     "04_evaluate": dict(N=200, SHOTS=[0, 4]),          # every task of both suites (the notebook's default)
     "05_probe": dict(N_EXAMPLES=2),
 }
+# `mm1lab demo --long`: the steps that the rows failing at 10 minutes need, and about 20 minutes on 2 cores. k-shot
+# shape passes between 2,000 and 3,000 pre-training steps and 4-shot position by 4,000; twice the SFT steps carried
+# chat shape and POPE past their all-or-nothing point in every run we tried (docs/stage0.md).
+LONG_STEPS = {"02_pretrain": 4000, "03_sft": 2800}
 
 
 def model_tour(seed: int = 0) -> None:
@@ -84,21 +88,25 @@ def model_tour(seed: int = 0) -> None:
     print(f"  generated         {new.tolist()}")
 
 
-def run_pipeline(*, smoke: bool = False, out_root: str | Path = "papermill_runs", seed: int = 0) -> dict:
+def run_pipeline(*, smoke: bool = False, out_root: str | Path = "papermill_runs", seed: int = 0,
+                 long: bool = False) -> dict:
     """Run the four stages through the runner; returns the summary (also written as summary.json).
 
     seed: the `SEED` of both training stages (the connector's initialisation and the data order). The evaluation
     items never change with it. At seed 0 the demo gives the README's table; see docs/stage0.md for seeds 1 and 2.
+    long: train `LONG_STEPS` instead of the plan's steps (everything else as the plan has it).
     """
     from mm1lab.runner import run_notebook
 
     out_root = Path(out_root)
-    folder = out_root / f"{datetime.now():%Y%m%d-%H%M%S}-demo"
+    folder = out_root / f"{datetime.now():%Y%m%d-%H%M%S}-demo{'-long' if long else ''}"
     folder.mkdir(parents=True)
-    t0, runs, summary = time.perf_counter(), {}, {"folder": str(folder.resolve()), "smoke": smoke, "seed": seed}
+    t0, runs = time.perf_counter(), {}
+    summary = {"folder": str(folder.resolve()), "smoke": smoke, "seed": seed, "long": long}
 
     def stage(name: str, **links) -> Path | None:
-        params = {**PLAN[name], **links, **({"SEED": seed} if name in ("02_pretrain", "03_sft") else {})}
+        params = {**PLAN[name], **links, **({"SEED": seed} if name in ("02_pretrain", "03_sft") else {}),
+                  **({"STEPS": LONG_STEPS[name]} if long and name in LONG_STEPS else {})}
         print(f"\n== {name} {'(SMOKE) ' if smoke else ''}{json.dumps(params, default=str)}", flush=True)
         result = run_notebook(NOTEBOOKS / f"{name}.ipynb", params, out_root=out_root, smoke=smoke,
                               folder=folder / name, live=name)
@@ -128,7 +136,8 @@ def run_pipeline(*, smoke: bool = False, out_root: str | Path = "papermill_runs"
 def format_summary(summary: dict) -> str:
     """The printed end of the demo: scores beside baselines, then where everything is."""
     lines = [f"mm1lab demo: {summary['status']} in {summary['seconds']} s" + (" (SMOKE)" if summary["smoke"] else "")
-             + (f", seed {summary['seed']}" if summary.get("seed") else "")]
+             + (f", seed {summary['seed']}" if summary.get("seed") else "")
+             + (" (--long: {:,} + {:,} steps)".format(*LONG_STEPS.values()) if summary.get("long") else "")]
     if summary["status"] != "ok":
         lines.append(f"  stage {summary['failed']} failed: {summary['error']}")
     else:
@@ -152,7 +161,7 @@ def main(args: argparse.Namespace | None = None) -> int:
         print(format_table(preset_tables()))
         return 0
     summary = run_pipeline(smoke=bool(args and args.smoke), out_root=getattr(args, "out", "papermill_runs"),
-                           seed=getattr(args, "seed", 0))
+                           seed=getattr(args, "seed", 0), long=bool(getattr(args, "long", False)))
     print()
     print(format_summary(summary))
     return 0 if summary["status"] == "ok" else 1

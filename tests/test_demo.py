@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from mm1lab.demo import PLAN
+from mm1lab.demo import LONG_STEPS, PLAN
 from mm1lab.folders import find_checkpoint
 from mm1lab.train import load_checkpoint
 
@@ -18,15 +18,18 @@ from mm1lab.train import load_checkpoint
 @pytest.mark.slow
 @pytest.mark.xdist_group("demo")
 def test_demo_pipeline_runs_every_stage_and_writes_the_summary(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "mm1lab", "demo", "--smoke", "--seed", "3", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run([sys.executable, "-m", "mm1lab", "demo", "--smoke", "--seed", "3", "--long",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (folder,) = tmp_path.glob("*-demo")
+    (folder,) = tmp_path.glob("*-demo-long")
     summary = json.loads((folder / "summary.json").read_text())
-    assert summary["status"] == "ok" and summary["smoke"] is True and summary["seed"] == 3
-    # --seed reaches both training stages, and only them
+    assert summary["status"] == "ok" and summary["smoke"] is True and summary["seed"] == 3 and summary["long"]
+    # --seed and --long reach both training stages, and only them (SMOKE then cuts every stage to a few steps)
     for name, seed in (("02_pretrain", 3), ("03_sft", 3), ("04_evaluate", None)):
-        assert yaml.safe_load((folder / name / "parameters.yaml").read_text()).get("SEED") == seed, name
+        params = yaml.safe_load((folder / name / "parameters.yaml").read_text())
+        assert params.get("SEED") == seed, name
+        assert params.get("STEPS") == LONG_STEPS.get(name), name
+    assert LONG_STEPS["02_pretrain"] > PLAN["02_pretrain"]["STEPS"] and LONG_STEPS["03_sft"] > PLAN["03_sft"]["STEPS"]
     assert list(summary["runs"]) == ["02_pretrain", "03_sft", "04_evaluate", "05_probe"]
     for name in summary["runs"]:
         assert (folder / name / f"{name}.ipynb").exists()
@@ -44,6 +47,7 @@ def test_demo_pipeline_runs_every_stage_and_writes_the_summary(tmp_path):
     index = [json.loads(line) for line in (tmp_path / "index.jsonl").read_text().splitlines()]
     assert [r["name"] for r in index] == ["02_pretrain", "03_sft", "04_evaluate", "05_probe"]
     assert "baseline" in done.stdout and str(folder.resolve()) in done.stdout
+    assert f"--long: {LONG_STEPS['02_pretrain']:,} + {LONG_STEPS['03_sft']:,} steps" in done.stdout
     # The terminal shows progress per stage and nothing from the kernels; each stage's log stays in its folder.
     assert "mm1lab: 02_pretrain  step 3/3  loss" in done.stderr and "mm1lab: 05_probe  ok in" in done.stderr
     assert "WARNING" not in done.stderr and "without encryption" not in done.stderr, done.stderr
