@@ -138,7 +138,8 @@ def format_summary(summary: dict) -> str:
     """The printed end of the demo: scores beside baselines, then where everything is."""
     lines = [f"mm1lab demo: {summary['status']} in {summary['seconds']} s" + (" (SMOKE)" if summary["smoke"] else "")
              + (f", seed {summary['seed']}" if summary.get("seed") else "")
-             + (" (--long: {:,} + {:,} steps)".format(*LONG_STEPS.values()) if summary.get("long") else "")]
+             + (f" (--long: {LONG_STEPS['02_pretrain']:,} + {LONG_STEPS['03_sft']:,} steps)" if summary.get("long")
+                else "")]
     if summary["status"] != "ok":
         lines.append(f"  stage {summary['failed']} failed: {summary['error']}")
     else:
