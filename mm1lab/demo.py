@@ -63,9 +63,11 @@ PLAN = {
 }
 # `mm1lab demo --long`: the steps that the rows failing at 10 minutes need, about 22 minutes on 2 cores. k-shot
 # shape passes between 2,000 and 3,000 pre-training steps and 4-shot position by 4,000; twice the SFT steps carried
-# chat shape and POPE past their all-or-nothing point in every run we tried. It passed 25, 25 and 26 of the 30 rows at
-# seeds 0, 1 and 2; OCR and k-shot POPE still fail (docs/stage0.md, "`mm1lab demo --long`").
-LONG_STEPS = {"02_pretrain": 4000, "03_sft": 2800}
+# chat shape and POPE past their all-or-nothing point in every run we tried. k-shot POPE needs more POPE questions
+# too: at 4,000 steps it stayed at chance with the 10-minute mix (0.49 / 0.485) and passed with POPE at 38% of the
+# questions (0.67 / 0.65); at 1,000 steps that share does not pass 4-shot POPE. At seeds 0 and 1 this plan passed 26
+# and 27 of the 30 rows; OCR fails at both (docs/stage0.md, "`mm1lab demo --long`").
+LONG_PLAN = {"02_pretrain": dict(STEPS=4000, QUESTION_MIX={**QUESTIONS, "pope": 1.0}), "03_sft": dict(STEPS=2800)}
 
 
 def model_tour(seed: int = 0) -> None:
@@ -95,7 +97,7 @@ def run_pipeline(*, smoke: bool = False, out_root: str | Path = "papermill_runs"
 
     seed: the `SEED` of both training stages (the connector's initialisation and the data order). The evaluation
     items never change with it. At seed 0 the demo gives the README's table; see docs/stage0.md for seeds 1 and 2.
-    long: train `LONG_STEPS` instead of the plan's steps (everything else as the plan has it).
+    long: `LONG_PLAN`'s steps and pre-training questions instead of the plan's (everything else as the plan has it).
     """
     from mm1lab.runner import run_notebook
 
@@ -107,7 +109,7 @@ def run_pipeline(*, smoke: bool = False, out_root: str | Path = "papermill_runs"
 
     def stage(name: str, **links) -> Path | None:
         params = {**PLAN[name], **links, **({"SEED": seed} if name in ("02_pretrain", "03_sft") else {}),
-                  **({"STEPS": LONG_STEPS[name]} if long and name in LONG_STEPS else {})}
+                  **(LONG_PLAN.get(name, {}) if long else {})}
         print(f"\n== {name} {'(SMOKE) ' if smoke else ''}{json.dumps(params, default=str)}", flush=True)
         result = run_notebook(NOTEBOOKS / f"{name}.ipynb", params, out_root=out_root, smoke=smoke,
                               folder=folder / name, live=name)
@@ -138,8 +140,8 @@ def format_summary(summary: dict) -> str:
     """The printed end of the demo: scores beside baselines, then where everything is."""
     lines = [f"mm1lab demo: {summary['status']} in {summary['seconds']} s" + (" (SMOKE)" if summary["smoke"] else "")
              + (f", seed {summary['seed']}" if summary.get("seed") else "")
-             + (f" (--long: {LONG_STEPS['02_pretrain']:,} + {LONG_STEPS['03_sft']:,} steps)" if summary.get("long")
-                else "")]
+             + (" (--long: {:,} + {:,} steps)".format(*(LONG_PLAN[n]["STEPS"] for n in ("02_pretrain", "03_sft")))
+                if summary.get("long") else "")]
     if summary["status"] != "ok":
         lines.append(f"  stage {summary['failed']} failed: {summary['error']}")
     else:

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from mm1lab.demo import LONG_STEPS, PLAN
+from mm1lab.demo import LONG_PLAN, PLAN
 from mm1lab.folders import find_checkpoint
 from mm1lab.train import load_checkpoint
 
@@ -28,8 +28,11 @@ def test_demo_pipeline_runs_every_stage_and_writes_the_summary(tmp_path):
     for name, seed in (("02_pretrain", 3), ("03_sft", 3), ("04_evaluate", None)):
         params = yaml.safe_load((folder / name / "parameters.yaml").read_text())
         assert params.get("SEED") == seed, name
-        assert params.get("STEPS") == LONG_STEPS.get(name), name
-    assert LONG_STEPS["02_pretrain"] > PLAN["02_pretrain"]["STEPS"] and LONG_STEPS["03_sft"] > PLAN["03_sft"]["STEPS"]
+        assert {k: params.get(k) for k in LONG_PLAN.get(name, {})} == LONG_PLAN.get(name, {}), name
+        assert params.get("STEPS") == LONG_PLAN.get(name, {}).get("STEPS"), name
+    assert all(LONG_PLAN[name]["STEPS"] > PLAN[name]["STEPS"] for name in ("02_pretrain", "03_sft"))
+    assert yaml.safe_load((folder / "03_sft" / "parameters.yaml").read_text())["QUESTION_MIX"] \
+        == PLAN["03_sft"]["QUESTION_MIX"]                # the rest of the plan stays as it is
     assert list(summary["runs"]) == ["02_pretrain", "03_sft", "04_evaluate", "05_probe"]
     for name in summary["runs"]:
         assert (folder / name / f"{name}.ipynb").exists()
@@ -47,7 +50,7 @@ def test_demo_pipeline_runs_every_stage_and_writes_the_summary(tmp_path):
     index = [json.loads(line) for line in (tmp_path / "index.jsonl").read_text().splitlines()]
     assert [r["name"] for r in index] == ["02_pretrain", "03_sft", "04_evaluate", "05_probe"]
     assert "baseline" in done.stdout and str(folder.resolve()) in done.stdout
-    assert f"--long: {LONG_STEPS['02_pretrain']:,} + {LONG_STEPS['03_sft']:,} steps" in done.stdout
+    assert f"--long: {LONG_PLAN['02_pretrain']['STEPS']:,} + {LONG_PLAN['03_sft']['STEPS']:,} steps" in done.stdout
     # The terminal shows progress per stage and nothing from the kernels; each stage's log stays in its folder.
     assert "mm1lab: 02_pretrain  step 3/3  loss" in done.stderr and "mm1lab: 05_probe  ok in" in done.stderr
     assert "WARNING" not in done.stderr and "without encryption" not in done.stderr, done.stderr
