@@ -138,10 +138,9 @@ def run_pipeline(*, smoke: bool = False, out_root: str | Path = "papermill_runs"
 
 def format_summary(summary: dict) -> str:
     """The printed end of the demo: scores beside baselines, then where everything is."""
+    long = f" (--long: {LONG_PLAN['02_pretrain']['STEPS']:,} + {LONG_PLAN['03_sft']['STEPS']:,} steps)"
     lines = [f"mm1lab demo: {summary['status']} in {summary['seconds']} s" + (" (SMOKE)" if summary["smoke"] else "")
-             + (f", seed {summary['seed']}" if summary.get("seed") else "")
-             + (" (--long: {:,} + {:,} steps)".format(*(LONG_PLAN[n]["STEPS"] for n in ("02_pretrain", "03_sft")))
-                if summary.get("long") else "")]
+             + (f", seed {summary['seed']}" if summary.get("seed") else "") + (long if summary.get("long") else "")]
     if summary["status"] != "ok":
         lines.append(f"  stage {summary['failed']} failed: {summary['error']}")
     else:
