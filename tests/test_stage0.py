@@ -81,6 +81,29 @@ def test_coca_caption_decoder_sees_every_patch_and_only_earlier_caption_tokens()
     assert CLIP(stage0_config("clip", "clip-tiny")).caption_decoder is None
 
 
+def test_the_anchor_is_the_starting_encoder_and_its_term_the_relative_feature_distance():
+    torch.manual_seed(0)
+    model = CLIP(stage0_config("clip", {"preset": "clip-tiny", "anchor_weight": 0.5}))
+    plain = CLIP(stage0_config("clip", "clip-tiny"))
+    assert plain.anchor is None
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in plain.parameters())   # buffers only
+    images, ids = torch.randn(2, 3, 64, 64), torch.tensor([[5, 7, 9, 6], [5, 8, 6, 0]])
+    assert model(images, ids).anchor_loss.item() == 0.0                    # it starts where the encoder starts
+    start = model.vision(images).features.detach()
+    with torch.no_grad():
+        for p in model.vision.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    out = model(images, ids)
+    now = model.vision(images).features.detach()
+    assert out.anchor_loss.item() == pytest.approx(((now - start) ** 2).mean().item() / (start ** 2).mean().item(),
+                                                   rel=1e-4)
+    assert out.anchor_loss.item() > 1e-3
+    contrastive = clip_loss(model.similarity(out.image_embeds, out.text_embeds))
+    assert out.loss.item() == pytest.approx(contrastive.item() + 0.5 * out.anchor_loss.item(), rel=1e-5)
+    out.loss.backward()
+    assert all(b.grad is None for b in model.anchor.buffers())
+
+
 def test_a_hard_negative_swaps_exactly_one_shape_word():
     import random
 

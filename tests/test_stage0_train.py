@@ -96,6 +96,37 @@ def test_coca_continues_from_an_exported_clip_and_from_a_clip_run(tmp_path):
         Trainer(TrainConfig.from_dict(run(tmp_path / "wider", "clip", model=wider, init_from=str(tmp_path / "clip"))))
 
 
+def test_an_anchored_run_keeps_its_starting_encoder_through_training_and_resume(tmp_path):
+    """`anchor_weight` with `init_from`: the anchor is the loaded encoder, stays fixed while the encoder trains, and
+    is saved with each checkpoint, so a resumed run is pulled towards the same place."""
+    from mm1lab.stage0.clip import CLIP
+    from mm1lab.stage0.config import CLIPConfig
+    from mm1lab.stage0.export import export_clip
+    from mm1lab.train.trainer import Trainer
+
+    torch.manual_seed(2)
+    source = CLIP(CLIPConfig.from_dict(SMALL_CLIP))
+    export_clip(source, tmp_path / "clip")
+    start = {k: v.clone() for k, v in source.vision.state_dict().items()}
+    anchored = dict(SMALL_CLIP, anchor_weight=1.0)
+    cfg = run(tmp_path / "run", "clip", model=anchored, init_from=str(tmp_path / "clip"), steps=8,
+              checkpoint=dict(every=4, keep=2), optim=dict(lr=3e-3, warmup_steps=2))
+    trainer = Trainer(TrainConfig.from_dict(cfg))
+    anchor = {k: v.clone() for k, v in trainer.model.anchor.state_dict().items()}
+    assert all(torch.equal(anchor[k.replace(".", "__")], v) for k, v in start.items())
+    assert trainer.num_params == sum(p.numel() for p in source.parameters())   # the anchor is not counted
+    result = trainer.run()
+    moved = result.model.vision.state_dict()
+    assert any(not torch.equal(moved[k], v) for k, v in start.items())             # the encoder trained
+    assert all(torch.equal(result.model.anchor.state_dict()[k], v) for k, v in anchor.items())
+    rows = read_metrics(tmp_path / "run")
+    assert rows[-1]["anchor_loss"] > 0
+    longer = dict(cfg, steps=12)
+    resumed = Trainer(TrainConfig.from_dict(longer))
+    assert resumed.step == 8
+    assert all(torch.equal(resumed.model.anchor.state_dict()[k], v) for k, v in anchor.items())
+
+
 def test_freezing_a_stage0_part_keeps_it_fixed(tmp_path):
     result = train(run(tmp_path, "clip", freeze=dict(text=True)))
     before = load_checkpoint(tmp_path / "checkpoints" / "step_00000003", weights_only=True).weights

@@ -11,7 +11,8 @@ and column i row i (text -> image), with a learned temperature. SigLIP's loss tr
 independent binary decision (sigmoid), so it needs no softmax over the batch. With `caption_weight` > 0 the model is
 CoCa's (Yu et al., 2022): a caption decoder reads the image's patches, then the text tower's states, and predicts
 the caption. Names follow transformers' CLIPModel (`mm1lab.stage0.export` writes one; the caption decoder is left
-out), so a trained model loads in transformers and, through `load_hf_vision`, in MM1.
+out), so a trained model loads in transformers and, through `load_hf_vision`, in MM1. With `anchor_weight` > 0 the
+encoder's features are also pulled towards those of a frozen copy of itself as the run started (`FrozenEncoder`).
 """
 
 from __future__ import annotations
@@ -95,16 +96,43 @@ def caption_loss(logits: Tensor, ids: Tensor, eot_token_id: int) -> Tensor:
                            ignore_index=-100)
 
 
+class FrozenEncoder(nn.Module):
+    """A frozen copy of a `VisionEncoder`, its weights held as buffers: they are saved in checkpoints (so a resumed
+    run keeps its anchor) and move with the model, but are never parameters, so no optimizer, freeze setting or
+    parameter count (MM1's LR rule) sees them. `copy_from(encoder)` sets them."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        encoder = VisionEncoder(cfg).requires_grad_(False)
+        object.__setattr__(self, "encoder", encoder)        # unregistered: only its shape is used, never its weights
+        self.keys = list(encoder.state_dict())
+        for key, value in encoder.state_dict().items():
+            self.register_buffer(key.replace(".", "__"), value.detach().clone())
+
+    @torch.no_grad()
+    def copy_from(self, encoder: VisionEncoder) -> None:
+        for key, value in encoder.state_dict().items():
+            getattr(self, key.replace(".", "__")).copy_(value)
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        """(b, c, H, W) -> the copy's last-layer features, (b, tokens, d)."""
+        weights = {key: getattr(self, key.replace(".", "__")) for key in self.keys}
+        return torch.func.functional_call(self.encoder, weights, (images,), {"layer": -1}).features
+
+
 @dataclass
 class CLIPOutput:
     """loss; logits (b_images, b_texts) scaled similarities; the normalised embeddings of both towers;
-    caption_loss: CoCa's captioning term (unweighted; included in `loss`), when the model has a caption decoder."""
+    caption_loss: CoCa's captioning term (unweighted; included in `loss`), when the model has a caption decoder;
+    anchor_loss: the feature-anchoring term (unweighted; included in `loss`), when `anchor_weight` > 0."""
 
     loss: Tensor | None
     logits: Tensor
     image_embeds: Tensor
     text_embeds: Tensor
     caption_loss: Tensor | None = None
+    anchor_loss: Tensor | None = None
 
 
 class CLIP(nn.Module):
@@ -120,8 +148,11 @@ class CLIP(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / cfg.init_temperature)))
         self.logit_bias = nn.Parameter(torch.tensor(cfg.init_bias)) if cfg.loss == "siglip" else None
         self.caption_decoder = CaptionDecoder(cfg) if cfg.caption_weight > 0 else None
+        self.anchor = FrozenEncoder(cfg.vision) if cfg.anchor_weight > 0 else None
         init_fan_in(self)
         nn.init.normal_(self.text.token_embed.weight, std=0.02)
+        if self.anchor is not None:                      # the encoder as the run starts; `init_from` sets it again
+            self.anchor.copy_from(self.vision)
 
     def encode_images(self, images: Tensor) -> Tensor:
         """(b, c, H, W) -> (b, e) unit-norm image embeddings (from the CLS token)."""
@@ -151,8 +182,13 @@ class CLIP(nn.Module):
             captioning = caption_loss(self.caption_decoder(vision.features, states[:b], self.text.token_embed.weight),
                                       ids[:b], self.cfg.text.eot_token_id)
             loss = loss + self.cfg.caption_weight * captioning
+        anchoring = None
+        if self.anchor is not None:                      # distance to the starting features, over their scale
+            target = self.anchor(images)
+            anchoring = (vision.features - target).pow(2).mean() / target.pow(2).mean()
+            loss = loss + self.cfg.anchor_weight * anchoring
         return CLIPOutput(loss=loss, logits=logits, image_embeds=image_embeds, text_embeds=text_embeds,
-                          caption_loss=captioning)
+                          caption_loss=captioning, anchor_loss=anchoring)
 
 
 def init_fan_in(model: nn.Module) -> None:

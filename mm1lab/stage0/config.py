@@ -77,6 +77,12 @@ class CLIPConfig:
     # exported: MM1 keeps the vision tower. 0 = CLIP alone.
     caption_weight: float = 0.0
     caption_depth: int = 2
+    # Feature anchoring for a run that continues an encoder on narrow data (LwF-style feature distillation, Li &
+    # Hoiem, 2017): anchor_weight x the mean squared distance between the encoder's last-layer features and those of
+    # a frozen copy of the encoder as the run started (the `init_from` weights), over the copy's mean square. CoCa on
+    # sign captions alone teaches reading but collapses the features the VLM reads (docs/stage0.md, "CoCa continued
+    # from clip-tiny reads a little"); the anchor keeps the rest. 0 = none.
+    anchor_weight: float = 0.0
     name: str = "clip"
 
     def __post_init__(self) -> None:
@@ -91,6 +97,7 @@ class CLIPConfig:
         _check(self.caption_weight >= 0 and isinstance(self.caption_depth, int) and self.caption_depth > 0,
                f"CLIPConfig: caption_weight must be >= 0 and caption_depth a positive integer, got "
                f"{self.caption_weight!r} and {self.caption_depth!r}")
+        _check(self.anchor_weight >= 0, f"CLIPConfig.anchor_weight must be >= 0, got {self.anchor_weight!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

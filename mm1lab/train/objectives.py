@@ -167,8 +167,8 @@ class CLIPObjective(Objective):
     """Contrastive image-text pre-training; loss units are image-caption pairs."""
 
     name = "clip"
-    stat_keys = ("tokens", "images", "logit_scale", "accuracy", "caption_loss")
-    averaged = ("logit_scale", "accuracy", "caption_loss")
+    stat_keys = ("tokens", "images", "logit_scale", "accuracy", "caption_loss", "anchor_loss")
+    averaged = ("logit_scale", "accuracy", "caption_loss", "anchor_loss")
     one_micro_batch = True
 
     def build(self):
@@ -190,7 +190,8 @@ class CLIPObjective(Objective):
     def load_init(self, model, path):
         """A clip run's checkpoint or an exported CLIP folder. With `caption_weight` > 0 and a source without a
         caption decoder (an exported folder never has one), the decoder starts fresh: CoCa continued from CLIP.
-        A source's decoder that this model does not have is left out."""
+        A source's decoder that this model does not have is left out. With `anchor_weight` > 0 the anchor is set to
+        the loaded encoder: the run is pulled towards where it starts."""
         from mm1lab.stage0.export import load_clip
         from mm1lab.train.checkpoint import load_checkpoint
 
@@ -204,15 +205,18 @@ class CLIPObjective(Objective):
         else:
             weights = load_checkpoint(folder, weights_only=True).weights
         ours = model.state_dict()
-        decoder = "caption_decoder."   # CoCa's decoder may come or go: it is not part of the exported model
-        weights = {k: w for k, w in weights.items() if k in ours or not k.startswith(decoder)}
+        optional = ("caption_decoder.", "anchor.")   # CoCa's decoder and the anchor: not in the exported model
+        weights = {k: w for k, w in weights.items() if not k.startswith("anchor.")
+                   and (k in ours or not k.startswith(optional))}
         wrong = sorted(k for k in weights if k not in ours or weights[k].shape != ours[k].shape)
-        missing = sorted(k for k in ours if k not in weights and not k.startswith(decoder))
+        missing = sorted(k for k in ours if k not in weights and not k.startswith(optional))
         if wrong or missing:
             raise ValueError(f"init_from {path} does not fit this run's model ({len(wrong)} weights with other "
                              f"names or shapes, e.g. {(wrong or missing)[:3]}); give `model` the preset (or sizes) "
                              "that the source was trained with, e.g. --set model=clip-tiny")
         model.load_state_dict(weights, strict=False)
+        if model.anchor is not None:
+            model.anchor.copy_from(model.vision)
 
     def loss(self, forward, mb, device, n_micro):
         out = forward(mb["images"].to(device), mb["ids"].to(device))
@@ -221,13 +225,16 @@ class CLIPObjective(Objective):
         module = getattr(forward, "module", forward)
         stats = dict(tokens=int((mb["ids"][:len(mb["images"])] != 0).sum()), images=len(mb["images"]),
                      logit_scale=module.logit_scale.exp().item() / n_micro, accuracy=accuracy / n_micro,
-                     caption_loss=0.0 if out.caption_loss is None else out.caption_loss.item() / n_micro)
+                     caption_loss=0.0 if out.caption_loss is None else out.caption_loss.item() / n_micro,
+                     anchor_loss=0.0 if out.anchor_loss is None else out.anchor_loss.item() / n_micro)
         return StepLoss(mean=out.loss, aux=out.loss.new_zeros(()), stats=stats)
 
     def record(self, sums, steps):
         record = dict(logit_scale=sums["logit_scale"] / steps, batch_accuracy=sums["accuracy"] / steps)
         if self.model_cfg.caption_weight > 0:            # CoCa: the captioning term, unweighted
             record["caption_loss"] = sums["caption_loss"] / steps
+        if self.model_cfg.anchor_weight > 0:             # the feature-anchoring term, unweighted
+            record["anchor_loss"] = sums["anchor_loss"] / steps
         return record
 
 
