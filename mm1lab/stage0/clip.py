@@ -103,11 +103,12 @@ class FrozenEncoder(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        encoder = VisionEncoder(cfg).requires_grad_(False)
-        object.__setattr__(self, "encoder", encoder)        # unregistered: only its shape is used, never its weights
+        with torch.device("meta"):                     # the structure only: forward passes the buffers in as weights
+            encoder = VisionEncoder(cfg).requires_grad_(False)
+        object.__setattr__(self, "encoder", encoder)   # unregistered, so it is neither saved nor moved
         self.keys = list(encoder.state_dict())
         for key, value in encoder.state_dict().items():
-            self.register_buffer(key.replace(".", "__"), value.detach().clone())
+            self.register_buffer(key.replace(".", "__"), torch.zeros_like(value, device="cpu"))
 
     @torch.no_grad()
     def copy_from(self, encoder: VisionEncoder) -> None:

@@ -205,11 +205,11 @@ class CLIPObjective(Objective):
         else:
             weights = load_checkpoint(folder, weights_only=True).weights
         ours = model.state_dict()
-        optional = ("caption_decoder.", "anchor.")   # CoCa's decoder and the anchor: not in the exported model
-        weights = {k: w for k, w in weights.items() if not k.startswith("anchor.")
-                   and (k in ours or not k.startswith(optional))}
+        decoder, anchor = "caption_decoder.", "anchor."   # in no exported model; the anchor is set below
+        weights = {k: w for k, w in weights.items()
+                   if not k.startswith(anchor) and (k in ours or not k.startswith(decoder))}
         wrong = sorted(k for k in weights if k not in ours or weights[k].shape != ours[k].shape)
-        missing = sorted(k for k in ours if k not in weights and not k.startswith(optional))
+        missing = sorted(k for k in ours if k not in weights and not k.startswith((decoder, anchor)))
         if wrong or missing:
             raise ValueError(f"init_from {path} does not fit this run's model ({len(wrong)} weights with other "
                              f"names or shapes, e.g. {(wrong or missing)[:3]}); give `model` the preset (or sizes) "
