@@ -106,19 +106,19 @@ class FrozenEncoder(nn.Module):
         with torch.device("meta"):                     # the structure only: forward passes the buffers in as weights
             encoder = VisionEncoder(cfg).requires_grad_(False)
         object.__setattr__(self, "encoder", encoder)   # unregistered, so it is neither saved nor moved
-        self.keys = list(encoder.state_dict())
+        self.buffer_of = {key: key.replace(".", "__") for key in encoder.state_dict()}   # buffer names have no dots
         for key, value in encoder.state_dict().items():
-            self.register_buffer(key.replace(".", "__"), torch.zeros_like(value, device="cpu"))
+            self.register_buffer(self.buffer_of[key], torch.zeros_like(value, device="cpu"))
 
     @torch.no_grad()
     def copy_from(self, encoder: VisionEncoder) -> None:
         for key, value in encoder.state_dict().items():
-            getattr(self, key.replace(".", "__")).copy_(value)
+            getattr(self, self.buffer_of[key]).copy_(value)
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
         """(b, c, H, W) -> the copy's last-layer features, (b, tokens, d)."""
-        weights = {key: getattr(self, key.replace(".", "__")) for key in self.keys}
+        weights = {key: getattr(self, name) for key, name in self.buffer_of.items()}
         return torch.func.functional_call(self.encoder, weights, (images,), {"layer": -1}).features
 
 
