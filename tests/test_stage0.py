@@ -397,7 +397,7 @@ def test_shipped_folders_build_an_mm1_model_and_stay_small():
 
     total = sum(f.stat().st_size for f in SHIPPED.rglob("*") if f.is_file())
     assert total <= 20 * 2**20, f"stage0/ holds {total / 2**20:.1f} MiB; the budget is 20 MB"
-    for name in ("clip-tiny", "aim-tiny-128", "clip-small"):   # clip-small: a CLIP's vision tower alone
+    for name in ("clip-tiny", "aim-tiny-128", "clip-small", "clip-tiny-ocr"):   # the last two: vision towers alone
         model, tokenizer = build_mm1_from_parts(SHIPPED / name, SHIPPED / "lm-tiny", dict(kind="c-abstractor",
                                                 num_tokens=16, width=64, depth=1))
         assert tokenizer.convert_tokens_to_ids("<image>") == model.cfg.image_token_id == 3

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from mm1lab.train import TrainConfig, load_checkpoint, read_metrics, train
 
@@ -212,12 +213,18 @@ def test_ship_regenerates_every_stage0_folder_in_smoke_mode(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     for name, spec in SHIPPED.items():
         info = json.loads((tmp_path / "s0" / name / "mm1lab_stage0.json").read_text())
-        assert info["smoke"] and info["steps"] == 2 and info["kind"] == spec.kind
+        assert info["smoke"] and info["steps"] == 2 * spec.phases and info["kind"] == spec.kind
         assert info["scores"]
     model, _ = build_mm1_from_parts(tmp_path / "s0" / "aim-tiny", tmp_path / "s0" / "lm-tiny",
                                     dict(kind="avgpool", num_tokens=16))
     assert model.cfg.vision.image_size == 64 and not model.cfg.vision.cls_token
     assert "clip-tiny-128" in (tmp_path / "s0" / "README.md").read_text()
+    # the reading encoder continues the clip-tiny just shipped, and its second phase continues its first
+    phases = [yaml.safe_load((tmp_path / "runs" / "clip-tiny-ocr" / f"phase_{i}" / "config.yaml").read_text())
+              for i in (1, 2)]
+    assert [p["init_from"] for p in phases] == [str(tmp_path / "s0" / "clip-tiny"),
+                                                 str(tmp_path / "runs" / "clip-tiny-ocr" / "phase_1")]
+    assert phases[1]["model"]["anchor_weight"] == 1.0
 
     # --score-only scores the shipped folders again and keeps their weights and training record
     info_path = tmp_path / "s0" / "clip-tiny" / "mm1lab_stage0.json"

@@ -6,6 +6,8 @@ into the repository's `stage0/` folder. It is the only writer of that folder.
         aim-tiny/   aim-tiny-128/       AIM trunks at 64 and 128 px (SiglipVisionModel folders)
         clip-small/                     the larger CLIP encoder of the encoder lesson, vision tower only
                                         (a CLIPVisionModel folder)
+        clip-tiny-ocr/                  clip-tiny continued on sign captions (CoCa, anchored): it reads a little;
+                                        vision tower only. `mm1lab demo --long` starts from it
         lm-tiny/                        the tiny preset's LM, pre-trained on text (LlamaForCausalLM folder)
         README.md                       what each is, its scores beside chance, and how long it took
 
@@ -41,12 +43,16 @@ ATTRIBUTES = ("color", "count", "shape", "position", "text")
 @dataclass(frozen=True)
 class Shipped:
     """One shipped model: its kind (clip / aim / lm), training config, and overrides of it. `vision_only`: ship a
-    CLIP's vision tower alone (no zero-shot scores then: they need the text tower)."""
+    CLIP's vision tower alone (no zero-shot scores then: they need the text tower). `starts_from`: another shipped
+    model this one continues (`init_from`). `phases`: the config is trained this many times in a row, each phase
+    continuing the one before, so that an anchored run (`anchor_weight`) is anchored where its phase starts."""
 
     kind: str
     config: str
     overrides: tuple[str, ...] = field(default_factory=tuple)
     vision_only: bool = False
+    starts_from: str | None = None
+    phases: int = 1
 
 
 SHIPPED: dict[str, Shipped] = {
@@ -61,6 +67,11 @@ SHIPPED: dict[str, Shipped] = {
     # The encoder lesson's larger size (width 96, depth 8), with the 64-px encoders' recipe. Its vision tower alone:
     # with its text tower it would take stage0/ past 20 MB. Shipped so that the lesson need not train it (31 min).
     "clip-small": Shipped("clip", "stage0-clip-tiny.yaml", ("model=clip-small",), vision_only=True),
+    # clip-tiny taught to read the signs: CoCa on sign captions, anchored to its features (docs/stage0.md, "Feature
+    # anchoring"), two phases of 800 steps. `mm1lab demo --long` starts from it. Its vision tower alone (0.8 MB).
+    "clip-tiny-ocr": Shipped("clip", "stage0-clip-tiny-ocr.yaml",
+                             ("model={preset: clip-tiny, caption_weight: 2.0, anchor_weight: 1.0}",),
+                             vision_only=True, starts_from="clip-tiny", phases=2),
 }
 SMOKE_OVERRIDES = ("steps=2", "batch_size=8", "data.seq_len=128", "optim.warmup_steps=1", "track.progress=false")
 
@@ -126,18 +137,26 @@ def ship(names: list[str] | None = None, *, out: str | Path = ROOT / "stage0", r
     recorded = {}
     for name in names:
         spec = SHIPPED[name]
-        overrides = [*spec.overrides, f"out_dir={runs / name}", *(SMOKE_OVERRIDES if smoke else ())]
-        progress(f"stage0 {name}: training ({CONFIGS / spec.config} {' '.join(overrides)})")
-        resumed_at = _checkpoint_step(runs / name)
-        start = time.perf_counter()
-        result = train(CONFIGS / spec.config, overrides=overrides)
+        start_from = out / spec.starts_from if spec.starts_from else None
+        if start_from is not None and not (start_from / "mm1lab_stage0.json").exists():
+            raise FileNotFoundError(f"stage0 {name} continues {spec.starts_from}, and {start_from} holds no shipped "
+                                    f"model: ship it first (`mm1lab stage0 ship --only {spec.starts_from},{name}`)")
+        steps, resumed_at, start = 0, 0, time.perf_counter()
+        for phase in range(1, spec.phases + 1):
+            run = runs / name if spec.phases == 1 else runs / name / f"phase_{phase}"
+            overrides = [*spec.overrides, f"out_dir={run}", *([f"init_from={start_from}"] if start_from else []),
+                         *(SMOKE_OVERRIDES if smoke else ())]
+            progress(f"stage0 {name}: training ({CONFIGS / spec.config} {' '.join(overrides)})")
+            resumed_at += _checkpoint_step(run)
+            result = train(CONFIGS / spec.config, overrides=overrides)
+            if result.status != "finished":
+                raise RuntimeError(f"stage0 {name}: training was {result.status} at step {result.step}; run again "
+                                   "to resume")
+            steps, start_from = steps + result.step, run        # the next phase continues this one
         seconds = time.perf_counter() - start
-        if result.status != "finished":
-            raise RuntimeError(f"stage0 {name}: training was {result.status} at step {result.step}; run again to "
-                               "resume")
         info = dict(name=name, kind=spec.kind, config=spec.config, overrides=list(spec.overrides),
-                    steps=result.step, train_seconds=round(seconds, 1), final_loss=result.metrics.get("loss"),
-                    smoke=smoke)
+                    steps=steps, train_seconds=round(seconds, 1), final_loss=result.metrics.get("loss"),
+                    smoke=smoke, **({"phases": spec.phases} if spec.phases > 1 else {}))
         if resumed_at:     # an interrupted ship resumed: the time covers only the steps trained in this call
             info["resumed_at_step"] = resumed_at
         folder = export(spec.kind, result.model, out / name, info, vision_only=spec.vision_only)
