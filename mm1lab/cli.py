@@ -38,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of both training stages (default 0, the README's table); the evaluation items stay")
     p.add_argument("--long", action="store_true",
-                   help="4,000 pre-training and 2,800 SFT steps instead of 1,000 + 1,400, with more POPE questions "
-                        "in pre-training (about 22 minutes on 2 cores)")
+                   help="4,000 pre-training and 2,800 SFT steps instead of 1,000 + 1,400, with more POPE questions, "
+                        "the encoder that reads (stage0/clip-tiny-ocr) and signs in both stages (about 22 minutes "
+                        "on 2 cores)")
     p.set_defaults(func=_demo)
 
     # Each package registers its own subcommands (imported here so `mm1lab presets` starts fast).
