@@ -250,3 +250,13 @@ def test_ship_regenerates_every_stage0_folder_in_smoke_mode(tmp_path):
                               "clip-tiny", "--out", str(tmp_path / "elsewhere")], capture_output=True, text=True,
                              timeout=300)
     assert missing.returncode != 0 and "mm1lab stage0 ship --only clip-tiny" in missing.stderr
+
+
+def test_ship_names_the_model_to_ship_first_when_a_continued_one_is_missing(tmp_path):
+    """clip-tiny-ocr continues the shipped clip-tiny: without it in the output folder, nothing trains and the error
+    says what to run."""
+    from mm1lab.stage0.ship import ship
+
+    with pytest.raises(FileNotFoundError, match="mm1lab stage0 ship --only clip-tiny,clip-tiny-ocr"):
+        ship(["clip-tiny-ocr"], out=tmp_path / "s0", runs=tmp_path / "runs", smoke=True)
+    assert not (tmp_path / "runs").exists()

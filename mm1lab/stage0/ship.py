@@ -68,7 +68,7 @@ SHIPPED: dict[str, Shipped] = {
     # with its text tower it would take stage0/ past 20 MB. Shipped so that the lesson need not train it (31 min).
     "clip-small": Shipped("clip", "stage0-clip-tiny.yaml", ("model=clip-small",), vision_only=True),
     # clip-tiny taught to read the signs: CoCa on sign captions, anchored to its features (docs/stage0.md, "Feature
-    # anchoring"), two phases of 800 steps. `mm1lab demo --long` starts from it. Its vision tower alone (0.8 MB).
+    # anchoring"), two phases of 800 steps. `mm1lab demo --long` starts from it. Its vision tower alone (0.9 MB).
     "clip-tiny-ocr": Shipped("clip", "stage0-clip-tiny-ocr.yaml",
                              ("model={preset: clip-tiny, caption_weight: 2.0, anchor_weight: 1.0}",),
                              vision_only=True, starts_from="clip-tiny", phases=2),
