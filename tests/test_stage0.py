@@ -370,6 +370,53 @@ def test_ocr_captions_say_what_a_sign_says_on_scenes_that_have_one():
         assert all(word in answer for answer in answers), chat.text
 
 
+def test_plain_ocr_captions_write_the_word_as_an_answer_writes_it(tok):
+    """`ocr_plain` captions `ocr`'s scenes with the word unquoted, so the caption's word is the same tokens as the
+    k-shot answer after "Answer:". In `ocr`'s quoted caption it is other tokens: that is why the stream exists."""
+    from mm1lab.data.evalsets import eval_set
+    from mm1lab.data.prompts import qa_text
+    from mm1lab.data.streams import ShapeWorldStreams
+
+    medium = ShapeWorldStreams("medium", 64, cache=False)
+    for i in range(6):
+        word = medium.world.scene(medium.ocr_seed(i)).signs[0].text
+        plain, quoted = caption_of(medium.ocr_plain(i)), caption_of(medium.ocr(i))
+        assert plain == f"a sign that says {word}" and quoted == f'a sign that says "{word}"'
+        assert medium.ocr_plain(i).id == f"ocr_plain-{i}" and medium.ocr_plain(i).images == medium.ocr(i).images
+    for item in eval_set("ocr", n=8, seed=0, difficulty="medium", cache=False):
+        question, word = item["question"], item["answer"]
+        answer = tok.encode(qa_text(question, word))[len(tok.encode(qa_text(question))):]
+        assert tok.encode(f"a sign that says {word}")[-len(answer):] == answer, word
+        assert tok.encode(f'a sign that says "{word}"')[-len(answer) - 1:-1] != answer, word
+
+
+def test_text_rich_documents_ask_what_each_sign_says():
+    """`interleaved_ocr`: 2-5 of the ocr stream's scenes, each with a sign; its questions ask only what the sign
+    of their image says, in the k-shot passage form, and its answers are the words themselves."""
+    import re
+
+    from mm1lab.data.streams import ShapeWorldStreams
+    from mm1lab.data.tokenizer import IMAGE
+
+    medium = ShapeWorldStreams("medium", 64, cache=False, qa_share=0.9)
+    asked = 0
+    for i in range(8):
+        doc = medium.interleaved_ocr(i)
+        scenes = [medium.world.scene(medium.ocr_seed(5 * i + m)) for m in range(len(doc.images))]
+        assert 2 <= len(doc.images) <= 5 and doc.stream == "interleaved" and all(sc.signs for sc in scenes)
+        passages = [p for p in doc.text.split("\n") if IMAGE in p]
+        assert len(passages) == len(scenes)
+        for passage, scene in zip(passages, scenes):
+            qa = re.fullmatch(rf"{re.escape(IMAGE)}Question: (.*) Answer: (.*?)(<eos>)?", passage)
+            if qa:
+                assert qa[1] in ("What does the sign say?", "What is written in the image?")
+                assert qa[2] == scene.signs[0].text
+                asked += 1
+    assert asked >= 20                                        # 90% of about 28 passages
+    assert medium.interleaved_ocr(3).text == ShapeWorldStreams("medium", 64, cache=False, qa_share=0.9) \
+        .interleaved_ocr(3).text
+
+
 SHIPPED = __import__("pathlib").Path(__file__).resolve().parents[1] / "stage0"
 
 

@@ -4,7 +4,8 @@ Item i of each stream is a pure function of i, so the streams are random access 
 stream (all below 2**31, the held-out evaluation range):
     caption, dense: scene i (the same images, alt-text vs dense captions, as VeCap re-captions web images)
     interleaved: scenes 2**28 + 8i ... (2 to 5 images)        sft: scenes 2**29 + 2i (and + 1 for two-image turns)
-    ocr, sft_ocr: the first scene with a sign among 2**30 + 64i ... 64i + 63
+    ocr, ocr_plain, sft_ocr: the i-th scene with a sign from 2**30 on (see `ShapeWorldStreams.ocr_seed`)
+    interleaved_ocr: the ocr stream's scenes 5i ... (2 to 5 images)
 
 `<stream>-text` (caption-text, dense-text, interleaved-text) is that stream with its images taken out: the words
 people write around pictures, as a text corpus. Stage 0 pre-trains the LM on these and the text documents, the
@@ -26,7 +27,8 @@ from mm1lab.data.text import alt_text, dense_caption, interleaved_document, sft_
 from mm1lab.data.tokenizer import IMAGE
 
 MM1_WEIGHTS = {"caption": 45.0, "interleaved": 45.0, "text": 10.0}   # MM1's 45:45:10
-STREAMS = ("caption", "dense", "interleaved", "text", "sft", "sft_text", "sft_ocr", "sign", "ocr")
+STREAMS = ("caption", "dense", "interleaved", "text", "sft", "sft_text", "sft_ocr", "sign", "ocr",
+           "ocr_plain", "interleaved_ocr")
 TEXT_ONLY = ("caption", "dense", "interleaved")   # streams that also come as `<name>-text`
 INTERLEAVED_BASE, SFT_BASE, OCR_BASE = 2**28, 2**29, 2**30
 OCR_GROUP = 256   # seeds per group of the ocr stream (see `ShapeWorldStreams.ocr_seed`)
@@ -104,11 +106,36 @@ class ShapeWorldStreams:
     def ocr(self, i: int) -> Sample:
         """A text-rich caption: a scene that has a sign, captioned with what the sign says (`sign` captions every
         scene, half of them without one). This is the share of web captions that reading is learned from."""
+        return self._sign_caption(i, 'a sign that says "{}"', "ocr")
+
+    def ocr_plain(self, i: int) -> Sample:
+        """`ocr`'s scene i, its word unquoted: `a sign that says STOP`.
+
+        Byte-level BPE splits a word by what comes before it: after a quote, `STOP` is one token; after a space, as
+        an answer follows "Answer:", ` STOP` is another. A model that learns to read from quoted captions writes
+        the quoted token and never the answer's (docs/stage0.md, "k-shot OCR: the word's other token")."""
+        return self._sign_caption(i, "a sign that says {}", "ocr_plain")
+
+    def _sign_caption(self, i: int, template: str, stream: str) -> Sample:
         seed = self.ocr_seed(i)
         scene = self.world.scene(seed)
-        text = f'a sign that says "{scene.signs[0].text}"' if scene.signs else \
+        text = template.format(scene.signs[0].text) if scene.signs else \
             alt_text(scene, self._rng("caption", seed), self.d)
-        return Sample.pretrain("caption", caption_text(text), [self.world.image(seed)], id=f"ocr-{i}")
+        return Sample.pretrain("caption", caption_text(text), [self.world.image(seed)], id=f"{stream}-{i}")
+
+    def interleaved_ocr(self, i: int) -> Sample:
+        """A text-rich interleaved document: 2-5 scenes that have signs (the `ocr` stream's scenes 5i ...), and
+        every question asks what a sign says. In `interleaved`, OCR is one question type among many, asked of
+        scenes half of which have no sign, so a k-shot OCR passage is rare there."""
+        n = self._rng("interleaved_ocr-n", i).randint(2, 5)
+        seeds = [self.ocr_seed(5 * i + m) for m in range(n)]
+        text = interleaved_document([self.world.scene(s) for s in seeds], self._rng("interleaved_ocr", i),
+                                    self._asks_ocr, qa_share=self.qa_share)
+        return Sample.pretrain("interleaved", text, [self.world.image(s) for s in seeds], id=f"interleaved_ocr-{i}")
+
+    @property
+    def _asks_ocr(self) -> Difficulty:
+        return dataclasses.replace(self.d, question_mix=(("ocr", 1.0),))
 
     def dense(self, i: int) -> Sample:
         """Synthetic dense caption (VeCap analogue) of scene i."""
@@ -157,8 +184,7 @@ class ShapeWorldStreams:
         """A conversation about what a scene's sign says (TextVQA-style SFT data), on the `ocr` stream's scene i.
         In `sft` conversations OCR is one question type among many, asked of scenes half of which have no sign."""
         seed = self.ocr_seed(i)
-        asks_ocr = dataclasses.replace(self.d, question_mix=(("ocr", 1.0),))
-        turns = sft_turns([self.world.scene(seed)], self._rng("sft_ocr", i), asks_ocr)
+        turns = sft_turns([self.world.scene(seed)], self._rng("sft_ocr", i), self._asks_ocr)
         return Sample.chat(turns, [self.world.image(seed)], id=f"sft_ocr-{i}", stream="sft")
 
     def prerender(self, items: int) -> None:
