@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of both training stages (default 0, the README's table); the evaluation items stay")
     p.add_argument("--long", action="store_true",
                    help="4,000 pre-training and 2,800 SFT steps instead of 1,000 + 1,400, with more POPE questions, "
-                        "the encoder that reads (stage0/clip-tiny-ocr) and signs in both stages (about 22 minutes "
+                        "the encoder that reads (stage0/clip-tiny-ocr) and signs in both stages, text-rich documents "
+                        "included (about 22 minutes "
                         "on 2 cores)")
     p.set_defaults(func=_demo)
 
