@@ -40,8 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--long", action="store_true",
                    help="4,000 pre-training and 2,800 SFT steps instead of 1,000 + 1,400, with more POPE questions, "
                         "the encoder that reads (stage0/clip-tiny-ocr) and signs in both stages, text-rich documents "
-                        "included (about 22 minutes "
-                        "on 2 cores)")
+                        "included (about 22 minutes on 2 cores)")
     p.set_defaults(func=_demo)
 
     # Each package registers its own subcommands (imported here so `mm1lab presets` starts fast).

@@ -70,7 +70,7 @@ PLAN = {
 # conversations in SFT. From clip-tiny with the same data chat OCR stayed at 0.00 (docs/stage0.md, "`--long` reads").
 # The captions spell the word as an answer does (`ocr_plain`), and text-rich documents ask what each sign says
 # (`interleaved_ocr`): with quoted captions and the usual documents' rare sign questions, the pre-trained model read
-# the word only into a quoted caption, and k-shot OCR stayed at 0.00 (docs/stage0.md, "k-shot OCR").
+# the word only into its quoted spelling, and k-shot OCR stayed at 0.00 (docs/stage0.md, "k-shot OCR").
 LONG_PLAN = {
     "02_pretrain": dict(STEPS=4000, QUESTION_MIX={**QUESTIONS, "pope": 1.0}, VISION_INIT=str(STAGE0 / "clip-tiny-ocr"),
                         EXTRA_STREAMS={**PLAN["02_pretrain"]["EXTRA_STREAMS"], "medium:ocr_plain": 30,

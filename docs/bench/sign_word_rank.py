@@ -61,5 +61,6 @@ def main() -> None:
               f"signs, {sum(right) / len(right):.3f} [{low:.3f}, {high:.3f}] (chance {1 / len(WORDS):.3f})",
               flush=True)
 
+
 if __name__ == "__main__":
     main()
