@@ -46,11 +46,11 @@ def main() -> None:
     loaded = load_model(args.checkpoint)
     items = [it for it in shapeworld_items("ocr", 0, n=args.n, difficulty="medium") if it["answers"][0] in WORDS]
     predictor = ModelPredictor(loaded.model.eval(), loaded.tokenizer)
+    caption = caption_text("a sign that says")
     for form in args.forms:
-        # each choice adds the word as the form spells it; `answer` keeps the item's own question prompt
-        ranked = [dict(it, choices=[FORMS[form].format(w) for w in WORDS],
-                       **({} if form.startswith("answer") else {"prompt": caption_text("a sign that says")}))
-                  for it in items]
+        # each choice adds the word as the form spells it, after the caption's opening or the item's own question
+        ranked = [dict(it, prompt=it["prompt"] if form.startswith("answer") else caption,
+                       choices=[FORMS[form].format(w) for w in WORDS]) for it in items]
         right = []
         with torch.no_grad():
             for i in range(0, len(ranked), args.batch_size):
