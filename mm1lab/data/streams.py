@@ -113,7 +113,8 @@ class ShapeWorldStreams:
 
         Byte-level BPE splits a word by what comes before it: after a quote, `STOP` is one token; after a space, as
         an answer follows "Answer:", ` STOP` is another. A model that learns to read from quoted captions writes
-        the quoted token, not the answer's (docs/stage0.md, "k-shot OCR: the word's other token")."""
+        the quoted token, not the answer's, unless documents that ask (`interleaved_ocr`) carry the reading over;
+        with them `mm1lab demo --long` keeps `ocr` (docs/stage0.md, "Quoted captions with the documents")."""
         return self._sign_caption(i, "a sign that says {}", "ocr_plain")
 
     def _sign_caption(self, i: int, template: str, stream: str) -> Sample:
